@@ -1,0 +1,4 @@
+"""Edge-deployment pipeline: data-free distillation, INT8 quantization, export to a target."""
+
+__version__ = "0.1.0"
+FORMAT_VERSION = 1

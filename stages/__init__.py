@@ -1,0 +1,1 @@
+"""The three pipeline stages: distill, quantize, export."""
