@@ -1,0 +1,397 @@
+"""A bundle's human reports: report.json, report.md and a self-contained report.html with plots.
+
+Report schema (every section is optional; a report with only some keys still renders):
+
+    {
+      "target": "jetson" | "mobile",
+      "created": "2025-01-01T00:00:00+00:00",
+      "accuracy": {                       # fractions 0..1; null = not evaluated
+        "teacher": float | null, "student_fp32": float | null, "student_int8": float | null,
+        "evaluated_on": str | null        # e.g. "digits test split (360 images)"
+      },
+      "distillation": {
+        "history": [{"step": int, "agreement": float 0..1, "accuracy": float | null}, ...],
+        "replay": str,                    # replay mode, e.g. "vae" or "none"
+        "replay_memory_bytes": int, "steps": int, "wall_s": float
+      },
+      "quantization": {
+        "calibration_source": str, "num_quantizers": int, "int8_fp32_agreement": float 0..1,
+        ...                               # any other keys are shown as they are
+      },
+      "latency": [row, ...],              # rows from pipeline.latency.measure_onnx; a row may carry
+                                          # "samples_ms" (kept out of report.json, used for plots)
+      "artifacts": [{"path": str, "role": str, "bytes": int}, ...],
+      "check": {"target": str, "findings": [str | {"level": str, "message": str}, ...]}
+    }
+
+report.md and report.html render the same sections (built once by `sections`); plots are PNGs made
+with matplotlib's Agg canvas, embedded in the html as base64 and written beside report.md.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.table import Table
+
+from pipeline.fileio import write_bytes, write_json, write_text
+
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+REPORT_HTML = "report.html"
+PLOT_DIR = "report_plots"
+
+_ACCURACY_ROWS = (("teacher", "Teacher"), ("student_fp32", "Student FP32"), ("student_int8", "Student INT8"))
+_QUANT_LABELS = {
+    "calibration_source": "Calibration source",
+    "num_quantizers": "Quantizers",
+    "int8_fp32_agreement": "INT8 vs FP32 agreement",
+}
+
+
+# ---------- formatting (pure) ----------
+
+def _num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _f(v, digits: int = 2) -> str:
+    return f"{v:.{digits}f}" if _num(v) else "—"
+
+
+def _pct(v) -> str:
+    return f"{100 * v:.2f}%" if _num(v) else "—"
+
+
+def _bytes(v) -> str:
+    if not _num(v):
+        return "—"
+    for unit, scale in (("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
+        if v >= scale:
+            return f"{v / scale:.2f} {unit}"
+    return f"{int(v)} B"
+
+
+def _dict(report: dict, key: str) -> dict | None:
+    v = report.get(key)
+    return v if isinstance(v, dict) else None
+
+
+def _rows(v) -> list[dict]:
+    return [r for r in v if isinstance(r, dict)] if isinstance(v, list) else []
+
+
+def _provider_short(p) -> str:
+    return str(p or "").removesuffix("ExecutionProvider") or "—"
+
+
+def _accuracy_for(row: dict, accuracy: dict | None):
+    """Accuracy of the model a latency row measured: its own, else matched by name (fp32/int8)."""
+    if _num(row.get("accuracy")):
+        return row["accuracy"]
+    if not accuracy:
+        return None
+    name = str(row.get("model", "")).lower()
+    if "int8" in name:
+        return accuracy.get("student_int8")
+    if "fp32" in name:
+        return accuracy.get("student_fp32")
+    return None
+
+
+def strip_samples(report: dict) -> dict:
+    """The report as stored in report.json: latency rows without their raw samples, and non-finite
+    floats as null (JSON has no NaN). The percentiles in each row already summarise the samples."""
+    def clean(v):
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        return v
+
+    out = clean(report)
+    if isinstance(out.get("latency"), list):
+        out["latency"] = [{k: v for k, v in r.items() if k != "samples_ms"} if isinstance(r, dict) else r for r in out["latency"]]
+    return out
+
+
+# ---------- sections: one model for both markdown and html ----------
+
+@dataclass
+class Section:
+    title: str
+    headers: list[str] = field(default_factory=list)
+    rows: list[list[str]] = field(default_factory=list)
+    plot: str | None = None  # key into the plots dict
+    note: str | None = None
+
+
+def sections(report: dict) -> list[Section]:
+    out = []
+    summary = [[k.capitalize(), str(report[k])] for k in ("target", "created") if report.get(k) is not None]
+    if summary:
+        out.append(Section("Summary", ["Field", "Value"], summary))
+
+    acc = _dict(report, "accuracy")
+    if acc is not None:
+        on = acc.get("evaluated_on")
+        rows = [[label, _pct(acc.get(k)) if _num(acc.get(k)) else "not evaluated", str(on) if on and _num(acc.get(k)) else "—"]
+                for k, label in _ACCURACY_ROWS]
+        out.append(Section("Accuracy", ["Model", "Accuracy", "Evaluated on"], rows))
+
+    dist = _dict(report, "distillation")
+    if dist is not None:
+        hist = _rows(dist.get("history"))
+        steps = dist.get("steps", hist[-1].get("step") if hist else None)
+        final = _pct(hist[-1].get("agreement")) if hist else "—"
+        row = [str(steps) if steps is not None else "—", str(dist.get("replay") or "—"),
+               _bytes(dist.get("replay_memory_bytes")), f"{_f(dist.get('wall_s'), 1)} s" if _num(dist.get("wall_s")) else "—", final]
+        out.append(Section("Distillation", ["Steps", "Replay", "Replay memory", "Wall time", "Final agreement"], [row],
+                           plot="distillation" if hist else None))
+
+    quant = _dict(report, "quantization")
+    if quant is not None:
+        rows = []
+        for k, label in _QUANT_LABELS.items():
+            if k in quant:
+                v = quant[k]
+                rows.append([label, _pct(v) if k == "int8_fp32_agreement" else str(v)])
+        rows += [[k, str(v)] for k, v in quant.items() if k not in _QUANT_LABELS]
+        out.append(Section("Quantization", ["Field", "Value"], rows))
+
+    lat = _rows(report.get("latency"))
+    if lat:
+        rows = [[str(r.get("model", "—")), str(r.get("runtime", "—")), _provider_short(r.get("provider")),
+                 str(r.get("batch", "—")), str(r.get("threads", "—")), _f(r.get("p50_ms"), 3), _f(r.get("p90_ms"), 3),
+                 _f(r.get("p99_ms"), 3), _f(r.get("mean_ms"), 3), _f(r.get("throughput_per_s"), 1),
+                 str(r.get("measured_on", "—"))] for r in lat]
+        out.append(Section("Latency", ["Model", "Runtime", "Provider", "Batch", "Threads", "p50 ms", "p90 ms", "p99 ms",
+                                       "Mean ms", "Throughput /s", "Measured on"], rows, plot="latency"))
+
+    arts = _rows(report.get("artifacts"))
+    if arts:
+        rows = [[str(a.get("path", "—")), str(a.get("role", "—")), _bytes(a.get("bytes"))] for a in arts]
+        out.append(Section("Artifact sizes", ["Path", "Role", "Size"], rows, plot="sizes"))
+
+    check = _dict(report, "check")
+    if check is not None:
+        rows = []
+        for f in check.get("findings") or []:
+            if isinstance(f, dict):
+                rows.append([str(f.get("level", f.get("severity", "info"))), str(f.get("message", f))])
+            else:
+                rows.append(["info", str(f)])
+        note = f"Checked for target {check['target']}." if check.get("target") else None
+        if not rows:
+            note = f"{note} No findings." if note else "No findings."
+        out.append(Section("Target check", ["Level", "Finding"], rows, note=note))
+    return out
+
+
+# ---------- plots (matplotlib Agg canvas; no pyplot global state) ----------
+
+def _png(fig) -> bytes:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})  # no version stamp: stable bytes
+    return buf.getvalue()
+
+
+def _figure(w: float = 6.4, h: float = 3.4):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(w, h), dpi=100, layout="constrained")
+    return fig, fig.subplots()
+
+
+def plot_distillation(history: list[dict]) -> bytes | None:
+    pts = [r for r in _rows(history) if _num(r.get("step"))]
+    if not pts:
+        return None
+    fig, ax = _figure()
+    agree = [(r["step"], r["agreement"]) for r in pts if _num(r.get("agreement"))]
+    acc = [(r["step"], r["accuracy"]) for r in pts if _num(r.get("accuracy"))]
+    if agree:
+        ax.plot(*zip(*agree), marker=".", label="agreement with teacher")
+    if acc:
+        ax.plot(*zip(*acc), marker="o", label="student accuracy")
+    ax.set(xlabel="distillation step", ylabel="fraction", ylim=(0, 1.02), title="Distillation progress")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    return _png(fig)
+
+
+def _latency_label(r: dict) -> str:
+    return f"{r.get('model', '?')}\nb{r.get('batch', '?')} t{r.get('threads', '?')} {_provider_short(r.get('provider'))}"
+
+
+def plot_latency(rows: list[dict]) -> bytes | None:
+    """A box plot of the samples when every row carries them, else p50/p90/p99 bars."""
+    rows = _rows(rows)
+    if not rows:
+        return None
+    fig, ax = _figure(max(6.4, 1.6 * len(rows)), 3.8)
+    labels = [_latency_label(r) for r in rows]
+    if all(isinstance(r.get("samples_ms"), list) and r["samples_ms"] for r in rows):
+        ax.boxplot([r["samples_ms"] for r in rows], showfliers=True, flierprops={"markersize": 2})
+        ax.set_xticks(range(1, len(rows) + 1), labels)
+        ax.set_title("Latency distribution")
+    else:
+        width = 0.25
+        for i, key in enumerate(("p50_ms", "p90_ms", "p99_ms")):
+            vals = [r.get(key) if _num(r.get(key)) else 0 for r in rows]
+            ax.bar([x + (i - 1) * width for x in range(len(rows))], vals, width, label=key[:-3])
+        ax.set_xticks(range(len(rows)), labels)
+        ax.legend()
+        ax.set_title("Latency percentiles")
+    ax.set_ylabel("ms per batch")
+    ax.grid(axis="y", alpha=0.3)
+    return _png(fig)
+
+
+def plot_sizes(artifacts: list[dict]) -> bytes | None:
+    arts = [a for a in _rows(artifacts) if _num(a.get("bytes"))]
+    if not arts:
+        return None
+    fig, ax = _figure(6.4, max(2.0, 0.45 * len(arts) + 1))
+    ax.barh([f"{a.get('role', '?')}\n{a.get('path', '')}" for a in arts], [a["bytes"] / 2**20 for a in arts])
+    ax.invert_yaxis()
+    ax.set(xlabel="MB", title="Artifact sizes")
+    ax.grid(axis="x", alpha=0.3)
+    return _png(fig)
+
+
+def make_plots(report: dict) -> dict[str, bytes]:
+    dist = _dict(report, "distillation") or {}
+    plots = {
+        "distillation": plot_distillation(dist.get("history")),
+        "latency": plot_latency(report.get("latency")),
+        "sizes": plot_sizes(report.get("artifacts")),
+    }
+    return {k: v for k, v in plots.items() if v}
+
+
+# ---------- renderers (pure) ----------
+
+def _md_cell(s: str) -> str:
+    # Escaped like html too: markdown viewers render raw HTML, so a model name must not become markup.
+    return html.escape(s).replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(report: dict, plot_files: dict[str, str] | None = None) -> str:
+    plot_files = plot_files or {}
+    lines = [f"# Pipeline report{(' — ' + _md_cell(str(report['target']))) if report.get('target') else ''}", ""]
+    for s in sections(report):
+        lines += [f"## {s.title}", ""]
+        if s.note:
+            lines += [_md_cell(s.note), ""]
+        if s.rows:
+            lines.append("| " + " | ".join(_md_cell(h) for h in s.headers) + " |")
+            lines.append("|" + "|".join("---" for _ in s.headers) + "|")
+            lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in s.rows]
+            lines.append("")
+        if s.plot in plot_files:
+            lines += [f"![{s.title}]({plot_files[s.plot]})", ""]
+    return "\n".join(lines)
+
+
+_CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1em}th,td{border:1px solid #ccc;padding:.3em .6em;text-align:left}
+th{background:#f3f3f3}img{max-width:100%;display:block;margin:.5em 0}"""
+
+
+def render_html(report: dict, plots: dict[str, bytes] | None = None) -> str:
+    plots = plots or {}
+    e = html.escape
+    title = "Pipeline report" + (f" — {report['target']}" if report.get("target") else "")
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>{e(title)}</title>",
+             f"<style>{_CSS}</style></head><body>", f"<h1>{e(title)}</h1>"]
+    for s in sections(report):
+        parts.append(f"<section><h2>{e(s.title)}</h2>")
+        if s.note:
+            parts.append(f"<p>{e(s.note)}</p>")
+        if s.rows:
+            parts.append("<table><thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in s.headers) + "</tr></thead><tbody>")
+            parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in s.rows]
+            parts.append("</tbody></table>")
+        if s.plot in plots:
+            b64 = base64.b64encode(plots[s.plot]).decode("ascii")
+            parts.append(f'<img alt="{e(s.title)} plot" src="data:image/png;base64,{b64}">')
+        parts.append("</section>")
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def write_reports(bundle_dir, report: dict) -> list[Path]:
+    """Write report.json (samples stripped), report.md (+ its PNGs) and report.html; each atomically."""
+    bundle_dir = Path(bundle_dir)
+    written = [write_json(bundle_dir / REPORT_JSON, strip_samples(report))]
+    plots = make_plots(report)
+    plot_files = {}
+    for name, png in plots.items():
+        rel = f"{PLOT_DIR}/{name}.png"
+        written.append(write_bytes(bundle_dir / rel, png))
+        plot_files[name] = rel
+    written.append(write_text(bundle_dir / REPORT_MD, render_markdown(report, plot_files)))
+    written.append(write_text(bundle_dir / REPORT_HTML, render_html(report, plots)))
+    return written
+
+
+# ---------- console tables ----------
+
+def latency_table(rows: list[dict], accuracy: dict | None = None) -> Table:
+    """Benchmark table: one line per measured model, Ultralytics-style columns."""
+    t = Table(title="Latency")
+    for col, just in (("Format", "left"), ("Model", "left"), ("Batch", "right"), ("Threads", "right"),
+                      ("Size (MB)", "right"), ("Accuracy", "right"), ("p50 ms", "right"), ("p90 ms", "right"),
+                      ("p99 ms", "right"), ("FPS", "right")):
+        t.add_column(col, justify=just)
+    for r in _rows(rows):
+        size = r.get("size_bytes")
+        t.add_row(
+            f"{r.get('runtime', '?')}/{_provider_short(r.get('provider'))}", str(r.get("model", "—")),
+            str(r.get("batch", "—")), str(r.get("threads", "—")),
+            _f(size / 2**20, 2) if _num(size) else "—", _pct(_accuracy_for(r, accuracy)),
+            _f(r.get("p50_ms"), 3), _f(r.get("p90_ms"), 3), _f(r.get("p99_ms"), 3), _f(r.get("throughput_per_s"), 1),
+        )
+    return t
+
+
+def summary_table(report: dict) -> Table:
+    """The few numbers a user looks at first, as a two-column console table."""
+    t = Table(title="Summary", show_header=False)
+    t.add_column("Field")
+    t.add_column("Value")
+    for k in ("target", "created"):
+        if report.get(k) is not None:
+            t.add_row(k.capitalize(), str(report[k]))
+    acc = _dict(report, "accuracy")
+    if acc is not None:
+        for k, label in _ACCURACY_ROWS:
+            t.add_row(f"{label} accuracy", _pct(acc.get(k)) if _num(acc.get(k)) else "not evaluated")
+    quant = _dict(report, "quantization")
+    if quant and "int8_fp32_agreement" in quant:
+        t.add_row("INT8 vs FP32 agreement", _pct(quant["int8_fp32_agreement"]))
+    dist = _dict(report, "distillation")
+    if dist:
+        if dist.get("steps") is not None:
+            t.add_row("Distillation steps", str(dist["steps"]))
+        if _num(dist.get("replay_memory_bytes")):
+            t.add_row("Replay memory", _bytes(dist["replay_memory_bytes"]))
+    lat = [r for r in _rows(report.get("latency")) if _num(r.get("p50_ms"))]
+    if lat:
+        best = min(lat, key=lambda r: r["p50_ms"])
+        t.add_row("Fastest p50", f"{best['p50_ms']:.3f} ms ({best.get('model', '?')}, batch {best.get('batch', '?')})")
+    arts = [a for a in _rows(report.get("artifacts")) if _num(a.get("bytes"))]
+    if arts:
+        t.add_row("Artifacts total", _bytes(sum(a["bytes"] for a in arts)))
+    return t
