@@ -1,0 +1,302 @@
+"""Typed run configuration: presets, a TOML file, CLI overrides, validated at the edge.
+
+Everything past `load_config` may trust the values it receives.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from pipeline.errors import UsageError
+
+TARGETS = ("jetson", "mobile")
+PRESETS = ("smoke", "default", "paper")
+DEVICES = ("auto", "cpu", "cuda")
+REPLAY_MODES = ("vae", "memory", "none")
+CALIBRATION = ("vae", "generator", "noise")
+
+
+@dataclass
+class TeacherConfig:
+    """Where the teacher comes from; `builtin = "digits"` is the embedded default task."""
+
+    builtin: str | None = "digits"
+    factory: str | None = None  # "file.py:callable" or "package.module:callable"
+    weights: str | None = None  # .safetensors or a torch state_dict
+    program: str | None = None  # a TorchScript or torch.export program file instead of factory+weights
+    input_shape: list[int] = field(default_factory=list)
+    num_classes: int = 0
+    classes: list[str] | None = None
+    mean: list[float] = field(default_factory=list)
+    std: list[float] = field(default_factory=list)
+    scale: float = 1.0
+
+
+@dataclass
+class StudentConfig:
+    arch: str = "auto"  # built-in family sized from the teacher, or a factory spec
+    ratio: float = 0.25  # target parameter count relative to the teacher, for "auto"
+    weights: str | None = None  # optional initial weights for a factory student
+
+
+@dataclass
+class DistillConfig:
+    iterations: int = 400  # outer iterations: one generator step then `kd_steps` student steps
+    kd_steps: int = 5
+    batch_size: int = 256
+    replay_batch: int = 64  # replay samples mixed into every student step
+    latent_dim: int = 64
+    vae_latent_dim: int = 32
+    vae_steps: int = 2  # VAE updates per outer iteration (reference: the first 4 of 10 kd steps)
+    lr_student: float = 1e-3
+    lr_generator: float = 1e-3
+    lr_vae: float = 1e-3
+    student_optimizer: str = "adam"  # adam | sgd
+    cosine_schedule: bool = True
+    adversarial: str = "js"  # js (PRE-DFKD) | l1 (DFAD)
+    kd_loss: str = "l1"  # l1 on logits (DFAD, PRE-DFKD) | kl
+    w_adv: float = 1.0
+    w_bn: float = 1.0
+    w_balance: float = 5.0  # information entropy of the batch-mean prediction (DAFL)
+    w_onehot: float = 1.0
+    w_activation: float = 0.1
+    replay: str = "vae"
+    memory_bytes: int = 4 * 1024 * 1024  # reservoir budget for replay = "memory"
+    vae_recon: str = "pixel+logits"  # what the VAE reconstructs: pixel, logits, pixel+logits
+    eval_every: int = 20
+    probe_per_class: int = 32
+    checkpoint_every: int = 50
+
+
+@dataclass
+class QuantizeConfig:
+    calibration: str = "vae"
+    calibration_samples: int = 512
+    qat_steps: int = 150
+    qat_batch: int = 128
+    qat_lr: float = 1e-4
+    fast_bias_correction: bool = True
+
+
+@dataclass
+class ExportConfig:
+    opset: int = 17
+    profile: str | None = None  # device profile; None: the target's default
+    benchmark_runs: int = 200
+
+
+@dataclass
+class RunConfig:
+    target: str = "jetson"
+    preset: str = "default"
+    device: str = "auto"
+    seed: int = 0
+    threads: int = 1  # intra-op threads on CPU: 1 is fastest on small shared machines
+    eval: str | None = None
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    config_dir: str | None = None  # folder of the config file: relative paths resolve against it
+
+
+# Preset values override dataclass defaults; the file and the CLI override presets.
+PRESET_VALUES: dict[str, dict[str, dict[str, Any]]] = {
+    "smoke": {
+        "distill": {"iterations": 12, "kd_steps": 2, "batch_size": 64, "replay_batch": 16, "eval_every": 4,
+                    "probe_per_class": 4, "checkpoint_every": 6, "vae_steps": 1},
+        "quantize": {"calibration_samples": 64, "qat_steps": 4, "qat_batch": 32},
+        "export": {"benchmark_runs": 20},
+    },
+    "default": {},
+    # The reference code's settings (batch 1024, latent 1000, 400 epochs x 36 iterations, 10 kd steps,
+    # SGD 0.1 for the student, Adam 0.02 for the generator and 0.02/40 for the VAE): GPU scale.
+    "paper": {
+        "distill": {"iterations": 400 * 36, "kd_steps": 10, "batch_size": 1024, "replay_batch": 128,
+                    "latent_dim": 1000, "vae_latent_dim": 1000, "vae_steps": 4, "lr_student": 0.1,
+                    "student_optimizer": "sgd", "lr_generator": 0.02, "lr_vae": 0.02 / 40,
+                    "w_bn": 0.0, "eval_every": 360, "checkpoint_every": 720},
+        "quantize": {"calibration_samples": 2048, "qat_steps": 1000, "qat_batch": 256},
+    },
+}
+
+_SECTIONS = {"teacher": TeacherConfig, "student": StudentConfig, "distill": DistillConfig,
+             "quantize": QuantizeConfig, "export": ExportConfig}
+
+
+def _check_type(where: str, value: Any, annotation: Any) -> Any:
+    """Coerce/validate one TOML value against a dataclass field annotation (given as a string)."""
+    ann = str(annotation).replace(" ", "")
+    optional = "None" in ann
+    if value is None:
+        if optional:
+            return None
+        raise UsageError(f"config: {where} must not be empty")
+    base = ann.replace("|None", "")
+    if base == "bool":
+        if not isinstance(value, bool):
+            raise UsageError(f"config: {where} must be true or false, got {value!r}")
+        return value
+    if base == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UsageError(f"config: {where} must be an integer, got {value!r}")
+        return value
+    if base == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UsageError(f"config: {where} must be a number, got {value!r}")
+        return float(value)
+    if base == "str":
+        if not isinstance(value, str):
+            raise UsageError(f"config: {where} must be a string, got {value!r}")
+        return value
+    if base.startswith("list["):
+        inner = base[5:-1]
+        if not isinstance(value, list):
+            raise UsageError(f"config: {where} must be a list, got {value!r}")
+        return [_check_type(f"{where}[{i}]", v, inner) for i, v in enumerate(value)]
+    return value
+
+
+def _apply(obj: Any, values: dict, where: str) -> None:
+    names = {f.name: f for f in fields(obj)}
+    for key, value in values.items():
+        if key not in names or key == "config_dir":
+            raise UsageError(f"config: unknown key '{where}{key}'; known: {', '.join(sorted(n for n in names if n != 'config_dir'))}")
+        f = names[key]
+        if key in _SECTIONS and where == "":
+            if not isinstance(value, dict):
+                raise UsageError(f"config: [{key}] must be a table")
+            _apply(getattr(obj, key), value, f"{key}.")
+        else:
+            setattr(obj, key, _check_type(f"{where}{key}", value, f.type))
+
+
+def _positive(where: str, value: float, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise UsageError(f"config: {where} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+def _choice(where: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UsageError(f"unknown {where} '{value}'; choose one of: {', '.join(choices)}")
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    _choice("target", cfg.target, TARGETS)
+    _choice("preset", cfg.preset, PRESETS)
+    _choice("device", cfg.device, DEVICES)
+    _choice("replay mode", cfg.distill.replay, REPLAY_MODES)
+    _choice("calibration source", cfg.quantize.calibration, CALIBRATION)
+    _choice("distill.adversarial", cfg.distill.adversarial, ("js", "l1"))
+    _choice("distill.kd_loss", cfg.distill.kd_loss, ("l1", "kl"))
+    _choice("distill.student_optimizer", cfg.distill.student_optimizer, ("adam", "sgd"))
+    _choice("distill.vae_recon", cfg.distill.vae_recon, ("pixel", "logits", "pixel+logits"))
+    if cfg.eval is not None:
+        _choice("eval set", cfg.eval, ("digits",))
+    d, q = cfg.distill, cfg.quantize
+    for name in ("iterations", "kd_steps", "batch_size", "latent_dim", "vae_latent_dim", "eval_every",
+                 "probe_per_class", "checkpoint_every", "memory_bytes"):
+        _positive(f"distill.{name}", getattr(d, name))
+    for name in ("replay_batch", "vae_steps"):
+        _positive(f"distill.{name}", getattr(d, name), allow_zero=True)
+    for name in ("lr_student", "lr_generator", "lr_vae"):
+        _positive(f"distill.{name}", getattr(d, name))
+    for name in ("w_adv", "w_bn", "w_balance", "w_onehot", "w_activation"):
+        _positive(f"distill.{name}", getattr(d, name), allow_zero=True)
+    for name in ("calibration_samples", "qat_batch", "qat_lr"):
+        _positive(f"quantize.{name}", getattr(q, name))
+    _positive("quantize.qat_steps", q.qat_steps, allow_zero=True)
+    _positive("export.benchmark_runs", cfg.export.benchmark_runs)
+    if not 13 <= cfg.export.opset <= 21:
+        raise UsageError(f"config: export.opset must be between 13 and 21 (Q/DQ needs >= 13), got {cfg.export.opset}")
+    _positive("threads", cfg.threads)
+    if not 0 < cfg.student.ratio <= 1:
+        raise UsageError(f"config: student.ratio must be in (0, 1], got {cfg.student.ratio}")
+    if cfg.seed < 0:
+        raise UsageError(f"config: seed must be >= 0, got {cfg.seed}")
+    t = cfg.teacher
+    if t.builtin is not None:
+        _choice("built-in teacher", t.builtin, ("digits",))
+    else:
+        if not (t.factory or t.program):
+            raise UsageError("config: [teacher] needs 'factory' (with 'weights') or 'program'")
+        if t.factory and t.program:
+            raise UsageError("config: [teacher] takes 'factory' or 'program', not both")
+        if not t.input_shape or any(s <= 0 for s in t.input_shape):
+            raise UsageError(f"config: teacher.input_shape must be a list of positive integers, got {t.input_shape}")
+        if t.num_classes < 2:
+            raise UsageError(f"config: teacher.num_classes must be >= 2, got {t.num_classes}")
+        if t.classes is not None and len(t.classes) != t.num_classes:
+            raise UsageError(f"config: teacher.classes has {len(t.classes)} labels but num_classes is {t.num_classes}")
+        channels = t.input_shape[0] if len(t.input_shape) > 1 else 1
+        for name in ("mean", "std"):
+            v = getattr(t, name)
+            if v and len(v) not in (1, channels):
+                raise UsageError(f"config: teacher.{name} needs 1 or {channels} values, got {len(v)}")
+        if any(s <= 0 for s in t.std):
+            raise UsageError("config: teacher.std values must be > 0")
+        if t.scale <= 0:
+            raise UsageError(f"config: teacher.scale must be > 0, got {t.scale}")
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Defaults <- preset <- TOML file <- CLI overrides (dotted keys, e.g. {"distill.replay": "none"})."""
+    file_values: dict = {}
+    cfg_dir = None
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise UsageError(f"config file not found: {path}")
+        try:
+            file_values = tomllib.loads(p.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise UsageError(f"config file {path} is not valid TOML: {exc}") from exc
+        except (UnicodeDecodeError, OSError) as exc:
+            raise UsageError(f"config file {path} cannot be read: {exc}") from exc
+        cfg_dir = str(p.resolve().parent)
+        if "teacher" in file_values and isinstance(file_values["teacher"], dict) and "builtin" not in file_values["teacher"]:
+            file_values["teacher"] = {"builtin": None, **file_values["teacher"]}
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    preset = overrides.get("preset", file_values.get("preset", "default"))
+    if not isinstance(preset, str) or preset not in PRESETS:
+        raise UsageError(f"unknown preset '{preset}'; choose one of: {', '.join(PRESETS)}")
+
+    cfg = RunConfig()
+    _apply(cfg, PRESET_VALUES[preset], "")
+    _apply(cfg, file_values, "")
+    nested: dict[str, Any] = {}
+    for key, value in overrides.items():
+        parts = key.split(".")
+        node = nested
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    _apply(cfg, nested, "")
+    cfg.preset = preset
+    cfg.config_dir = cfg_dir
+    return validate(cfg)
+
+
+def resolve_path(cfg: RunConfig, value: str | None) -> Path | None:
+    """Relative paths in a config resolve against the config file's folder."""
+    if value is None:
+        return None
+    p = Path(value).expanduser()
+    if not p.is_absolute() and cfg.config_dir:
+        p = Path(cfg.config_dir) / p
+    return p
+
+
+def to_dict(cfg: RunConfig) -> dict:
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,128 @@
+"""Loss terms for data-free distillation, each a small pure function or a hook.
+
+Generator objective (weighted sum, each switchable by a zero weight):
+  adversarial  teacher-student disagreement, maximised (DFAD: L1 on logits; PRE-DFKD: Jensen-Shannon)
+  bn           distance of batch statistics to the teacher's BatchNorm running statistics (DeepInversion)
+  balance      negative entropy of the batch-mean teacher prediction: low when classes are balanced (DAFL)
+  onehot       cross-entropy of the teacher's output with its own argmax: confident samples (DAFL)
+  activation   negative mean magnitude of the teacher's penultimate features (DAFL)
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def js_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 3.0) -> torch.Tensor:
+    """Jensen-Shannon divergence between softened predictions, in [0, log 2]."""
+    p = F.softmax(student_logits / temperature, dim=1)
+    q = F.softmax(teacher_logits / temperature, dim=1)
+    m = (0.5 * (p + q)).clamp_min(1e-8)
+    kl_pm = (p * (p.clamp_min(1e-8).log() - m.log())).sum(1)
+    kl_qm = (q * (q.clamp_min(1e-8).log() - m.log())).sum(1)
+    return (0.5 * (kl_pm + kl_qm)).mean()
+
+
+def l1_disagreement(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    return (student_logits - teacher_logits).abs().mean()
+
+
+def adversarial_loss(kind: str, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """The generator *minimises* this, so it is the negated disagreement."""
+    if kind == "js":
+        return -js_divergence(student_logits, teacher_logits)
+    return -l1_disagreement(student_logits, teacher_logits)
+
+
+def kd_loss(kind: str, student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    if kind == "l1":
+        return l1_disagreement(student_logits, teacher_logits)
+    log_p = F.log_softmax(student_logits / temperature, dim=1)
+    q = F.softmax(teacher_logits / temperature, dim=1)
+    return F.kl_div(log_p, q, reduction="batchmean") * temperature**2
+
+
+def class_balance(teacher_logits: torch.Tensor) -> torch.Tensor:
+    """sum p log p of the batch-mean prediction: minimal (-log K) when all K classes appear equally."""
+    p = F.softmax(teacher_logits, dim=1).mean(0).clamp_min(1e-8)
+    return (p * p.log()).sum()
+
+
+def onehot(teacher_logits: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(teacher_logits, teacher_logits.argmax(1))
+
+
+def activation(features: torch.Tensor | None) -> torch.Tensor:
+    if features is None:
+        return torch.zeros(())
+    return -features.abs().mean()
+
+
+class BNStatistics:
+    """Forward hooks on every BatchNorm of a (frozen, eval-mode) network.
+
+    After a forward pass, `loss()` is the sum over layers of ||mean_batch - running_mean||_2 +
+    ||var_batch - running_var||_2, measured on each layer's input (DeepInversion's feature prior).
+    """
+
+    def __init__(self, model: nn.Module):
+        self.layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+        self._terms: list[torch.Tensor] = []
+        self.active = False  # only the generator step pays for the statistics
+        self._handles = [m.register_forward_hook(self._hook) for m in self.layers]
+
+    def _hook(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        if not self.active:
+            return
+        x = inputs[0]
+        dims = [0] + list(range(2, x.dim()))
+        mean = x.mean(dims)
+        var = x.var(dims, unbiased=False)
+        self._terms.append(torch.norm(mean - module.running_mean, 2) + torch.norm(var - module.running_var, 2))
+
+    def __enter__(self) -> "BNStatistics":
+        self._terms, self.active = [], True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.active = False
+
+    def loss(self) -> torch.Tensor:
+        if not self._terms:
+            return torch.zeros(())
+        total = torch.stack(self._terms).sum()
+        self._terms = []
+        return total
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+class PenultimateFeatures:
+    """Captures the input of the network's last Linear layer: its penultimate features, without
+    asking the model for a special forward signature."""
+
+    def __init__(self, model: nn.Module):
+        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        self.features: torch.Tensor | None = None
+        self._handle = linears[-1].register_forward_pre_hook(self._hook) if linears else None
+
+    def _hook(self, module: nn.Module, inputs: tuple) -> None:
+        self.features = inputs[0]
+
+    def remove(self) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+
+
+def generator_objective(weights: dict[str, float], terms: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Weighted sum of the named terms; a zero weight switches a term off."""
+    total = torch.zeros((), device=next(iter(terms.values())).device)
+    for name, value in terms.items():
+        w = weights.get(name, 0.0)
+        if w:
+            total = total + w * value
+    return total

@@ -1,0 +1,201 @@
+"""The distillation loop: generator exploration, student KD with replay, VAE memory updates.
+
+One outer iteration (as in the PRE-DFKD reference):
+  1. generator step: synthesise a batch the teacher finds plausible but the student gets wrong;
+  2. `kd_steps` student steps on fresh generator samples mixed with a replay batch from memory,
+     the memory learning the newest samples during the first `vae_steps` of them.
+No validation data: the final student is the last one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from pipeline.config import DistillConfig
+from pipeline.errors import RunError, UsageError
+from pipeline.fileio import atomic_path
+from stages.distill import criteria
+from stages.distill.memory import NoReplay, ReservoirMemory, VAEMemory
+from stages.distill.networks import VAE, build_generator
+from stages.distill.probes import agreement, synthesize_probes
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class DistillResult:
+    student: nn.Module
+    generator: nn.Module
+    memory: object
+    history: list[dict] = field(default_factory=list)
+    wall_s: float = 0.0
+    iterations: int = 0
+    resumed_from: int | None = None
+
+    @property
+    def vae(self) -> VAE | None:
+        return self.memory.vae if isinstance(self.memory, VAEMemory) else None
+
+
+def build_memory(cfg: DistillConfig, shape: tuple[int, ...], teacher: nn.Module, device: torch.device):
+    if cfg.replay == "vae":
+        return VAEMemory(VAE(shape, cfg.vae_latent_dim).to(device), teacher, lr=cfg.lr_vae, recon=cfg.vae_recon)
+    if cfg.replay == "memory":
+        return ReservoirMemory(shape, cfg.memory_bytes, device)
+    return NoReplay()
+
+
+def _student_optimizer(cfg: DistillConfig, student: nn.Module) -> torch.optim.Optimizer:
+    if cfg.student_optimizer == "sgd":
+        return torch.optim.SGD(student.parameters(), lr=cfg.lr_student, momentum=0.9, weight_decay=5e-4)
+    return torch.optim.Adam(student.parameters(), lr=cfg.lr_student)
+
+
+def _finite(value: torch.Tensor, what: str, step: int, out_dir: Path) -> None:
+    if not torch.isfinite(value):
+        kept = out_dir / CHECKPOINT
+        where = f"; last good checkpoint kept at {kept}" if kept.exists() else ""
+        raise RunError(f"distill: {what} became {value.item()} at step {step}{where}")
+
+
+def distill(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, shape: tuple[int, ...], out_dir: Path,
+            device: torch.device, seed: int = 0, evaluate: Callable[[nn.Module], float] | None = None,
+            resume: bool = False, progress: Callable[[int, dict], None] | None = None,
+            memory=None) -> DistillResult:
+    """Distil `teacher` into `student` without data. `memory` may carry an existing (shipped) VAE memory."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    teacher = teacher.to(device).eval()
+    student = student.to(device)
+    generator = build_generator(cfg.latent_dim, shape).to(device)
+    memory = memory if memory is not None else build_memory(cfg, shape, teacher, device)
+    opt_s = _student_optimizer(cfg, student)
+    opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.lr_generator, betas=(0.5, 0.999))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt_s, T_max=cfg.iterations) if cfg.cosine_schedule else None
+    probes, probe_labels = synthesize_probes(teacher, shape, _num_classes(teacher, shape, device),
+                                             cfg.probe_per_class, seed=seed + 1234, device=device)
+    bn = criteria.BNStatistics(teacher)
+    feats = criteria.PenultimateFeatures(teacher)
+    weights = {"adversarial": cfg.w_adv, "bn": cfg.w_bn if bn.layers else 0.0, "balance": cfg.w_balance,
+               "onehot": cfg.w_onehot, "activation": cfg.w_activation}
+    history: list[dict] = []
+    start, elapsed_before, resumed_from = 0, 0.0, None
+
+    ckpt_path = out_dir / CHECKPOINT
+    if resume and ckpt_path.exists():
+        state = _load_checkpoint(ckpt_path)
+        student.load_state_dict(state["student"])
+        generator.load_state_dict(state["generator"])
+        memory.load_state_dict(state["memory"])
+        opt_s.load_state_dict(state["opt_s"])
+        opt_g.load_state_dict(state["opt_g"])
+        if sched is not None:
+            sched.load_state_dict(state["sched"])
+        history = list(state["history"])
+        start = resumed_from = int(state["iteration"])
+        elapsed_before = float(state["elapsed"])
+        torch.set_rng_state(state["rng"])
+
+    t0 = time.perf_counter()
+    for it in range(start, cfg.iterations):
+        # 1. Generator: explore where student and teacher disagree, on teacher-plausible inputs.
+        generator.train()
+        student.eval()
+        z = torch.randn(cfg.batch_size, cfg.latent_dim, device=device)
+        x = generator(z)
+        with bn:
+            t_logits = teacher(x)
+            bn_loss = bn.loss()
+        terms = {
+            "adversarial": criteria.adversarial_loss(cfg.adversarial, student(x), t_logits),
+            "bn": bn_loss,
+            "balance": criteria.class_balance(t_logits),
+            "onehot": criteria.onehot(t_logits),
+            "activation": criteria.activation(feats.features),
+        }
+        loss_g = criteria.generator_objective(weights, terms)
+        _finite(loss_g, "generator loss", it, out_dir)
+        opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        opt_g.step()
+
+        # 2. Student: learn the teacher on fresh samples plus replayed memories.
+        student.train()
+        for k in range(cfg.kd_steps):
+            with torch.no_grad():
+                x_new = generator(torch.randn(cfg.batch_size, cfg.latent_dim, device=device))
+            replay = memory.sample(cfg.replay_batch)
+            x_all = x_new if replay is None else torch.cat([x_new, replay])
+            with torch.no_grad():
+                t_all = teacher(x_all)
+            loss_s = criteria.kd_loss(cfg.kd_loss, student(x_all), t_all)
+            _finite(loss_s, "student loss", it, out_dir)
+            opt_s.zero_grad(set_to_none=True)
+            loss_s.backward()
+            opt_s.step()
+            if k < cfg.vae_steps:
+                memory.observe(x_new)
+        if sched is not None:
+            sched.step()
+
+        step = it + 1
+        if step % cfg.eval_every == 0 or step == cfg.iterations:
+            row = {"step": step, "agreement": agreement(student, probes, probe_labels),
+                   "accuracy": evaluate(student) if evaluate else None,
+                   "loss_student": float(loss_s), "loss_generator": float(loss_g),
+                   "elapsed_s": round(elapsed_before + time.perf_counter() - t0, 3)}
+            history.append(row)
+        if progress:
+            progress(step, history[-1] if history else {})
+        if step % cfg.checkpoint_every == 0 and step < cfg.iterations:
+            _save_checkpoint(ckpt_path, step, student, generator, memory, opt_s, opt_g, sched, history,
+                             elapsed_before + time.perf_counter() - t0)
+    bn.remove()
+    feats.remove()
+    student.eval()
+    return DistillResult(student, generator, memory, history, elapsed_before + time.perf_counter() - t0,
+                         cfg.iterations, resumed_from)
+
+
+def _num_classes(teacher: nn.Module, shape: tuple[int, ...], device: torch.device) -> int:
+    with torch.no_grad():
+        return int(teacher(torch.zeros(2, *shape, device=device)).shape[1])
+
+
+def _save_checkpoint(path: Path, step: int, student, generator, memory, opt_s, opt_g, sched, history, elapsed) -> None:
+    state = {"iteration": step, "student": student.state_dict(), "generator": generator.state_dict(),
+             "memory": memory.state_dict(), "opt_s": opt_s.state_dict(), "opt_g": opt_g.state_dict(),
+             "sched": sched.state_dict() if sched is not None else {}, "history": history,
+             "elapsed": elapsed, "rng": torch.get_rng_state()}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _load_checkpoint(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UsageError(f"checkpoint {path} is corrupt or not from this pipeline; delete it or drop --resume ({str(exc)[:120]})") from exc
+
+
+def expected_accuracy(history: list[dict]) -> float | None:
+    """Mean accuracy over the second half of training: the paper's robustness measure."""
+    vals = [r["accuracy"] for r in history[len(history) // 2:] if r.get("accuracy") is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def largest_drop(history: list[dict], key: str = "accuracy") -> float | None:
+    vals = [r[key] for r in history[len(history) // 2:] if r.get(key) is not None]
+    drops = [a - b for a, b in zip(vals, vals[1:])]
+    return max([0.0] + drops) if vals else None
+
+
+def _isfinite(v: float) -> bool:
+    return v is not None and math.isfinite(v)

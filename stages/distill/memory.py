@@ -1,0 +1,159 @@
+"""Replay memories share one interface, so `vae`, `memory` and `none` run the same training loop.
+
+  observe(x)  learn from (or store) the newest synthetic batch
+  sample(n)   n replay samples, or None
+  nbytes()    what the memory costs to keep (and, for the VAE, to ship)
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stages.distill import criteria
+from stages.distill.networks import VAE
+
+
+class NoReplay:
+    name = "none"
+
+    def observe(self, x: torch.Tensor) -> dict:
+        return {}
+
+    def sample(self, n: int) -> torch.Tensor | None:
+        return None
+
+    def nbytes(self) -> int:
+        return 0
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class ReservoirMemory:
+    """Stores real synthetic samples (MB-DFKD/CMI style) up to a byte budget, by reservoir sampling,
+    so every sample seen so far has the same chance of being kept."""
+
+    name = "memory"
+
+    def __init__(self, shape: tuple[int, ...], budget_bytes: int, device: torch.device):
+        self.capacity = max(1, budget_bytes // (math.prod(shape) * 4))
+        self.buffer = torch.empty((self.capacity, *shape), device=device)
+        self.size = 0
+        self.seen = 0
+
+    def observe(self, x: torch.Tensor) -> dict:
+        x = x.detach()
+        for row in x:
+            if self.size < self.capacity:
+                self.buffer[self.size] = row
+                self.size += 1
+            else:
+                j = int(torch.randint(0, self.seen + 1, ()).item())
+                if j < self.capacity:
+                    self.buffer[j] = row
+            self.seen += 1
+        return {}
+
+    def sample(self, n: int) -> torch.Tensor | None:
+        if self.size == 0 or n == 0:
+            return None
+        idx = torch.randint(0, self.size, (n,), device=self.buffer.device)
+        return self.buffer[idx]
+
+    def nbytes(self) -> int:
+        return self.buffer.numel() * self.buffer.element_size()
+
+    def state_dict(self) -> dict:
+        return {"buffer": self.buffer[: self.size].clone(), "seen": torch.tensor(self.seen)}
+
+    def load_state_dict(self, state: dict) -> None:
+        n = state["buffer"].shape[0]
+        self.buffer[:n] = state["buffer"]
+        self.size, self.seen = n, int(state["seen"])
+
+
+class VAEMemory:
+    """Generative pseudo replay (PRE-DFKD): a VAE continually learns the stream of synthetic samples.
+
+    - Reconstruction is measured where it matters for distillation: in the teacher's response
+      (logits), and optionally in pixels.
+    - Sampling is class-balanced: latent codes drawn from the prior take a gradient step towards
+      confident, class-balanced teacher predictions while their moments stay near N(0, I).
+    - The VAE rehearses on its own samples, so it does not forget earlier generator phases.
+    """
+
+    name = "vae"
+
+    def __init__(self, vae: VAE, teacher: nn.Module, lr: float, recon: str = "pixel+logits",
+                 kld_weight: float = 1e-3, z_steps: int = 1, z_lr: float = 0.05):
+        self.vae, self.teacher = vae, teacher
+        self.opt = torch.optim.Adam(vae.parameters(), lr=lr)
+        self.recon, self.kld_weight = recon, kld_weight
+        self.z_steps, self.z_lr = z_steps, z_lr
+        self.updates = 0
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.vae.parameters()).device
+
+    def _balanced_latents(self, n: int) -> torch.Tensor:
+        z = torch.randn(n, self.vae.latent_dim, device=self.device, requires_grad=True)
+        for _ in range(self.z_steps):
+            logits = self.teacher(self.vae.decoder(z))
+            moments = F.mse_loss(z.var(0), torch.ones_like(z[0])) + F.mse_loss(z.mean(0), torch.zeros_like(z[0]))
+            loss = 5.0 * criteria.class_balance(logits) + criteria.onehot(logits) + moments
+            (grad,) = torch.autograd.grad(loss, z)
+            z = (z - self.z_lr * grad * n).detach().requires_grad_(True)  # x n: the losses are batch means
+        return z.detach()
+
+    def sample(self, n: int) -> torch.Tensor | None:
+        if self.updates == 0 or n == 0:
+            return None  # an untrained VAE replays noise, not memories
+        was_training = self.vae.training
+        self.vae.eval()
+        z = self._balanced_latents(n)
+        with torch.no_grad():
+            x = self.vae.decoder(z)
+        self.vae.train(was_training)
+        return x
+
+    def observe(self, x: torch.Tensor) -> dict:
+        x = x.detach()
+        old = self.sample(max(1, x.shape[0] // 4)) if self.updates else None
+        if old is not None:
+            x = torch.cat([x[: x.shape[0] // 2], old])  # rehearse own samples: nothing is forgotten
+        self.vae.train()
+        recon, mu, log_var = self.vae(x)
+        loss = torch.zeros((), device=x.device)
+        if "pixel" in self.recon:
+            loss = loss + F.l1_loss(recon, x)
+        if "logits" in self.recon:
+            with torch.no_grad():
+                target = self.teacher(x)
+            loss = loss + F.l1_loss(self.teacher(recon), target)
+        kld = torch.mean(-0.5 * torch.sum(1 + log_var - mu**2 - log_var.exp(), dim=1))
+        loss = loss + self.kld_weight * kld
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.updates += 1
+        return {"vae_loss": float(loss.detach())}
+
+    def nbytes(self) -> int:
+        return sum(p.numel() * p.element_size() for p in self.vae.parameters()) + sum(
+            b.numel() * b.element_size() for b in self.vae.buffers())
+
+    def state_dict(self) -> dict:
+        return {"vae": self.vae.state_dict(), "opt": self.opt.state_dict(), "updates": torch.tensor(self.updates)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.vae.load_state_dict(state["vae"])
+        self.opt.load_state_dict(state["opt"])
+        self.updates = int(state["updates"])

@@ -1,0 +1,187 @@
+"""Generators, the VAE memory and built-in student families, chosen from the input shape.
+
+Images are [C, H, W]; anything else is treated as a flat feature vector.
+Generated samples end in a non-affine BatchNorm, so they live in the teacher's normalised input space.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _is_image(shape: tuple[int, ...]) -> bool:
+    return len(shape) == 3
+
+
+class ImageDecoder(nn.Module):
+    """latent -> [C, H, W]: a linear stem at a quarter resolution, two upsampling conv blocks."""
+
+    def __init__(self, latent_dim: int, shape: tuple[int, int, int], width: int = 64, spectral: bool = False):
+        super().__init__()
+        c, h, w = shape
+        self.shape = shape
+        self.h0, self.w0 = max(1, math.ceil(h / 4)), max(1, math.ceil(w / 4))
+        self.width = width
+        sn = nn.utils.spectral_norm if spectral else (lambda m: m)
+        self.stem = nn.Linear(latent_dim, width * self.h0 * self.w0)
+        self.bn0 = nn.BatchNorm2d(width)
+        self.block1 = nn.Sequential(sn(nn.Conv2d(width, width, 3, padding=1)), nn.BatchNorm2d(width), nn.LeakyReLU(0.2))
+        self.block2 = nn.Sequential(sn(nn.Conv2d(width, width // 2, 3, padding=1)), nn.BatchNorm2d(width // 2), nn.LeakyReLU(0.2))
+        self.head = sn(nn.Conv2d(width // 2, c, 3, padding=1))
+        self.out_bn = nn.BatchNorm2d(c, affine=False)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.bn0(self.stem(z).view(z.shape[0], self.width, self.h0, self.w0))
+        x = self.block1(F.interpolate(x, scale_factor=2))
+        x = self.block2(F.interpolate(x, scale_factor=2))
+        if x.shape[-2:] != self.shape[1:]:
+            x = F.interpolate(x, size=self.shape[1:], mode="bilinear", align_corners=False)
+        return self.out_bn(torch.tanh(self.head(x)))
+
+
+class VectorDecoder(nn.Module):
+    """latent -> [D]: an MLP with BatchNorm1d."""
+
+    def __init__(self, latent_dim: int, shape: tuple[int, ...], width: int = 256, spectral: bool = False):
+        super().__init__()
+        self.shape = shape
+        d = math.prod(shape)
+        sn = nn.utils.spectral_norm if spectral else (lambda m: m)
+        self.net = nn.Sequential(
+            sn(nn.Linear(latent_dim, width)), nn.BatchNorm1d(width), nn.LeakyReLU(0.2),
+            sn(nn.Linear(width, width)), nn.BatchNorm1d(width), nn.LeakyReLU(0.2),
+            sn(nn.Linear(width, d)), nn.BatchNorm1d(d, affine=False),
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z).view(z.shape[0], *self.shape)
+
+
+def build_generator(latent_dim: int, shape: tuple[int, ...], spectral: bool = True) -> nn.Module:
+    """The novel-sample generator; spectral norm on its convolutions as in the reference code."""
+    if _is_image(shape):
+        return ImageDecoder(latent_dim, shape, width=64, spectral=spectral)
+    return VectorDecoder(latent_dim, shape, spectral=spectral)
+
+
+class ImageEncoder(nn.Module):
+    def __init__(self, shape: tuple[int, int, int], latent_dim: int, width: int = 32):
+        super().__init__()
+        c = shape[0]
+        self.net = nn.Sequential(
+            nn.Conv2d(c, width, 3, padding=1), nn.BatchNorm2d(width), nn.LeakyReLU(0.2),
+            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.BatchNorm2d(2 * width), nn.LeakyReLU(0.2),
+            nn.Conv2d(2 * width, 2 * width, 3, stride=2, padding=1), nn.BatchNorm2d(2 * width), nn.LeakyReLU(0.2),
+            nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+        )
+        self.mu = nn.Linear(8 * width, latent_dim)
+        self.log_var = nn.Linear(8 * width, latent_dim)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.net(x)
+        return self.mu(h), self.log_var(h)
+
+
+class VectorEncoder(nn.Module):
+    def __init__(self, shape: tuple[int, ...], latent_dim: int, width: int = 256):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(shape), width), nn.BatchNorm1d(width), nn.LeakyReLU(0.2),
+                                 nn.Linear(width, width), nn.LeakyReLU(0.2))
+        self.mu = nn.Linear(width, latent_dim)
+        self.log_var = nn.Linear(width, latent_dim)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.net(x)
+        return self.mu(h), self.log_var(h)
+
+
+class VAE(nn.Module):
+    """The replay memory: learns the stream of synthetic samples; only its decoder is needed to replay."""
+
+    def __init__(self, shape: tuple[int, ...], latent_dim: int):
+        super().__init__()
+        self.latent_dim = latent_dim
+        if _is_image(shape):
+            self.encoder = ImageEncoder(shape, latent_dim)
+            self.decoder = ImageDecoder(latent_dim, shape, width=64)
+        else:
+            self.encoder = VectorEncoder(shape, latent_dim)
+            self.decoder = VectorDecoder(latent_dim, shape)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mu, log_var = self.encoder(x)
+        log_var = log_var.clamp(-10, 10)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * log_var)
+        return self.decoder(z), mu, log_var
+
+
+# ---- students -------------------------------------------------------------------------------------
+
+class ConvStudent(nn.Module):
+    """Conv-BN-ReLU stages, halving resolution between stages while it stays >= 4 pixels."""
+
+    def __init__(self, shape: tuple[int, int, int], num_classes: int, widths: list[int]):
+        super().__init__()
+        c, h, w = shape
+        layers: list[nn.Module] = []
+        size = min(h, w)
+        for i, width in enumerate(widths):
+            layers += [nn.Conv2d(c, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+            c = width
+            if i < len(widths) - 1 and size >= 8:
+                layers.append(nn.MaxPool2d(2))
+                size //= 2
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(c, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+class MLPStudent(nn.Module):
+    def __init__(self, shape: tuple[int, ...], num_classes: int, widths: list[int]):
+        super().__init__()
+        d = math.prod(shape)
+        layers: list[nn.Module] = [nn.Flatten()]
+        for width in widths:
+            layers += [nn.Linear(d, width, bias=False), nn.BatchNorm1d(width), nn.ReLU(inplace=True)]
+            d = width
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(d, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+def param_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def student_spec(shape: tuple[int, ...], num_classes: int, teacher_params: int, ratio: float) -> dict:
+    """Pick the width of a built-in student so its size is about `ratio` times the teacher's."""
+    family = "conv" if _is_image(shape) else "mlp"
+    base = [16, 32, 64] if family == "conv" else [128, 64]
+    target = max(1, int(teacher_params * ratio))
+    best = None
+    for mult in [x / 8 for x in range(1, 129)]:
+        widths = [max(4, int(round(b * mult))) for b in base]
+        n = param_count(build_student({"family": family, "shape": list(shape), "num_classes": num_classes, "widths": widths}))
+        if best is None or abs(n - target) < abs(best[0] - target):
+            best = (n, widths)
+        if n > target:
+            break
+    return {"family": family, "shape": list(shape), "num_classes": num_classes, "widths": best[1]}
+
+
+def build_student(spec: dict) -> nn.Module:
+    """Rebuild a student from its JSON spec (stored beside its weights)."""
+    if spec["family"] == "conv":
+        return ConvStudent(tuple(spec["shape"]), spec["num_classes"], spec["widths"])
+    if spec["family"] == "mlp":
+        return MLPStudent(tuple(spec["shape"]), spec["num_classes"], spec["widths"])
+    raise ValueError(f"unknown student family {spec['family']!r}")

@@ -1,0 +1,45 @@
+"""A fixed, data-free probe set: inputs optimised so the teacher predicts each class, with its BatchNorm
+statistics matched (DeepInversion). Agreement with the teacher on it needs no real data and does not
+move with the generator, so it is comparable across steps, seeds and replay modes."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stages.distill.criteria import BNStatistics
+
+
+def synthesize_probes(teacher: nn.Module, shape: tuple[int, ...], num_classes: int, per_class: int,
+                      steps: int = 100, seed: int = 1234, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    targets = torch.arange(num_classes).repeat_interleave(per_class).to(device)
+    x = torch.randn((len(targets), *shape), generator=gen).to(device).requires_grad_(True)
+    opt = torch.optim.Adam([x], lr=0.1)
+    bn = BNStatistics(teacher)
+    try:
+        for _ in range(steps):
+            with bn:
+                logits = teacher(x)
+                loss = F.cross_entropy(logits, targets) + 0.1 * bn.loss() + 1e-3 * x.pow(2).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    finally:
+        bn.remove()
+    x = x.detach()
+    with torch.no_grad():
+        labels = teacher(x).argmax(1)
+    return x, labels
+
+
+@torch.no_grad()
+def agreement(model: nn.Module, probes: torch.Tensor, teacher_labels: torch.Tensor, batch: int = 512) -> float:
+    was_training = model.training
+    model.eval()
+    hits = 0
+    for i in range(0, len(probes), batch):
+        hits += (model(probes[i : i + batch]).argmax(1) == teacher_labels[i : i + batch]).sum().item()
+    model.train(was_training)
+    return hits / max(1, len(probes))
