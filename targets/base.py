@@ -55,3 +55,7 @@ class Target(ABC):
 
     @abstractmethod
     def benchmark(self, req: BenchmarkRequest) -> list[dict]: ...
+
+    def check(self, ctx: ExportContext) -> list:
+        """Static findings (targets.check.Finding) about the INT8 model for this target; none by default."""
+        return []
