@@ -72,6 +72,12 @@ class DistillConfig:
     replay: str = "vae"
     memory_bytes: int = 4 * 1024 * 1024  # reservoir budget for replay = "memory"
     vae_recon: str = "pixel+logits"  # what the VAE reconstructs: pixel, logits, pixel+logits
+    vae_features: bool = False  # also reconstruct the teacher's penultimate features (via a hook)
+    vae_kld_weight: float = 1e-3
+    vae_balanced: bool = True  # class-balanced prior sampling (latent step towards balanced teacher classes)
+    vae_rehearse: bool = True  # the VAE rehearses on its own samples while learning new ones
+    generator_width: int = 64
+    kd_temperature: float = 1.0  # for kd_loss = "kl"
     eval_every: int = 20
     probe_per_class: int = 32
     checkpoint_every: int = 50

@@ -1,0 +1,322 @@
+"""`pipeline`: distill a teacher data-free, quantize to INT8, export for Jetson (TensorRT) or phones (ONNX Runtime).
+
+Errors are one line on stderr; exit 2 for usage errors, 1 for failures at run time (--debug: traceback).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+import warnings
+from datetime import datetime
+from pathlib import Path
+
+import click
+
+from pipeline import __version__
+from pipeline.errors import PipelineError, RunError, UsageError
+
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+
+
+def _quiet_libraries() -> None:
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("TORCHINDUCTOR_DISABLE", "1")
+    for name in ("nncf", "torch", "torchao", "onnxruntime"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _parse_int_list(value: str, what: str) -> tuple[int, ...]:
+    try:
+        items = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise UsageError(f"{what} must be comma-separated integers, got '{value}'") from None
+    if not items or any(v <= 0 for v in items):
+        raise UsageError(f"{what} must be positive integers, got '{value}'")
+    return items
+
+
+def _parse_set(values: tuple[str, ...]) -> dict:
+    import tomllib
+
+    out = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--set takes key=value (for example distill.iterations=100), got '{item}'")
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key.strip()] = raw  # a bare string
+    return out
+
+
+def config_options(f):
+    """Options shared by every command that builds a configuration."""
+    opts = [
+        click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config file (bring your own teacher)."),
+        click.option("--preset", type=str, default=None, help="smoke | default | paper"),
+        click.option("--device", type=str, default=None, help="auto | cpu | cuda"),
+        click.option("--seed", type=int, default=None),
+        click.option("--eval", "eval_set", type=str, default=None, help="Score on a real test split for the report only: digits"),
+        click.option("--replay", type=str, default=None, help="vae | memory | none"),
+        click.option("--calibration", type=str, default=None, help="vae | generator | noise"),
+        click.option("--threads", type=int, default=None, help="torch intra-op threads (default 1)"),
+        click.option("--student-ratio", type=float, default=None, help="student size relative to the teacher (auto arch)"),
+        click.option("--set", "sets", multiple=True, help="Any config key, e.g. --set distill.iterations=100"),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def build_config(target, config_path, preset, device, seed, eval_set, replay, calibration, threads, student_ratio, sets):
+    from pipeline.config import load_config
+
+    overrides = {"target": target, "preset": preset, "device": device, "seed": seed, "eval": eval_set,
+                 "distill.replay": replay, "quantize.calibration": calibration, "threads": threads,
+                 "student.ratio": student_ratio}
+    overrides.update(_parse_set(sets))
+    return load_config(config_path, overrides)
+
+
+def _default_out(target: str) -> Path:
+    return Path("runs") / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{target}"
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(__version__, prog_name="pipeline")
+@click.option("--debug", is_flag=True, help="Show tracebacks and library warnings.")
+@click.option("--quiet", is_flag=True, help="Only errors and the final summary.")
+@click.pass_context
+def cli(ctx, debug, quiet):
+    """Data-free distillation, INT8 quantization and export for edge targets."""
+    from pipeline.ui import Console
+
+    ctx.obj = {"debug": debug, "console": Console(quiet=quiet)}
+    if not debug:
+        _quiet_libraries()
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--target", type=str, default=None, help="jetson | mobile (default: jetson)")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Bundle directory (default runs/<timestamp>-<target>)")
+@click.option("--force", is_flag=True, help="Overwrite a directory that holds another run.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run in --out from its last checkpoint.")
+@config_options
+@click.pass_obj
+def run(obj, target, out, force, resume, **kw):
+    """All three stages: distill, quantize, export."""
+    from pipeline.orchestrate import run_all
+    from pipeline.report import summary_table, latency_table
+
+    cfg = build_config(target, **kw)
+    out = Path(out) if out else _default_out(cfg.target)
+    report = run_all(cfg, out, obj["console"], resume=resume, force=force)
+    console = obj["console"]
+    console.out.print(summary_table(report))
+    console.out.print(latency_table(report["latency"], report.get("accuracy")))
+    console.out.print(f"bundle: {out}  (manifest.json, report.md, report.html)  in {report['total_wall_s']} s")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Output directory for the stage.")
+@click.option("--force", is_flag=True)
+@click.option("--resume", is_flag=True)
+@click.option("--target", type=str, default=None, help="Target the later stages will use (recorded).")
+@config_options
+@click.pass_obj
+def distill(obj, out, force, resume, target, **kw):
+    """Stage 1: data-free distillation with generative pseudo replay."""
+    from pipeline.orchestrate import prepare_out_dir, stage_distill
+
+    cfg = build_config(target, **kw)
+    out = Path(out)
+    prepare_out_dir(out, force, resume)
+    summary = stage_distill(cfg, out, resume, obj["console"])
+    last = summary["history"][-1] if summary["history"] else {}
+    acc = f", accuracy {last['accuracy']:.4f}" if last.get("accuracy") is not None else ""
+    obj["console"].out.print(f"distilled in {summary['wall_s']} s: teacher agreement {last.get('agreement', 0):.4f}{acc} -> {out}")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--target", type=str, default=None, help="Quantization scheme for this target (default: the run's).")
+@click.pass_obj
+def quantize(obj, directory, target):
+    """Stage 2: NNCF INT8, calibrated and fine-tuned on synthetic samples only."""
+    from pipeline.config import TARGETS
+    from pipeline.orchestrate import stage_quantize
+
+    if target is not None and target not in TARGETS:
+        raise UsageError(f"unknown target '{target}'; choose one of: {', '.join(TARGETS)}")
+    s = stage_quantize(Path(directory), obj["console"], target)
+    obj["console"].out.print(f"quantized ({s['scheme']}, calibration {s['calibration_source']}, {s['num_quantizers']} quantizers): "
+                             f"INT8/FP32 agreement {s['int8_fp32_agreement']:.4f} -> {directory}")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--target", type=str, default=None)
+@click.pass_obj
+def export(obj, directory, target):
+    """Stage 3: target artifacts, manifest, latency and reports."""
+    from pipeline.orchestrate import stage_export
+    from pipeline.report import summary_table
+
+    report = stage_export(Path(directory), obj["console"], target)
+    obj["console"].out.print(summary_table(report))
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("bundle", type=click.Path())
+@click.option("--batch", default="1", help="Comma-separated batch sizes, e.g. 1,8")
+@click.option("--threads", default="1", help="Comma-separated thread counts, e.g. 1,2")
+@click.option("--runs", type=int, default=None, help="Timed runs per model")
+@click.option("--duration", type=float, default=None, help="Seconds per model instead of a run count")
+@click.option("--warmup", type=int, default=10)
+@click.pass_obj
+def benchmark(obj, bundle, batch, threads, runs, duration, warmup):
+    """Latency of a bundle's models on this machine; saved into report.json."""
+    from pipeline.benchmarking import benchmark_bundle
+
+    if runs is not None and runs <= 0:
+        raise UsageError(f"--runs must be positive, got {runs}")
+    if duration is not None and duration <= 0:
+        raise UsageError(f"--duration must be positive, got {duration}")
+    if warmup < 0:
+        raise UsageError(f"--warmup must be >= 0, got {warmup}")
+    table = benchmark_bundle(Path(bundle), _parse_int_list(batch, "--batch"), _parse_int_list(threads, "--threads"),
+                             runs, duration, warmup)
+    obj["console"].out.print(table)
+
+
+@cli.command("build-engine", context_settings=CONTEXT)
+@click.argument("bundle", type=click.Path())
+@click.option("--profile", type=str, default=None, help="Device profile: orin-nano, orin-nx, agx-orin, agx-orin-dla")
+@click.pass_obj
+def build_engine(obj, bundle, profile):
+    """On a machine with TensorRT (a Jetson): build the engine and measure it."""
+    from pipeline.bundle import read_manifest
+    from targets.base import RuntimeMissing
+    from targets.registry import get_target
+
+    manifest = read_manifest(bundle)
+    if manifest.target != "jetson":
+        raise UsageError(f"bundle {bundle} is for target '{manifest.target}'; build-engine needs a jetson bundle")
+    try:
+        arts = get_target("jetson").build(Path(bundle), profile)
+    except RuntimeMissing as exc:
+        raise RunError(str(exc)) from exc
+    for a in arts:
+        obj["console"].out.print(f"built {a.role}: {a.path}")
+    from pipeline.benchmarking import benchmark_bundle
+
+    obj["console"].out.print(benchmark_bundle(Path(bundle), (1,), (1,), None, None, 10))
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("model", type=click.Path())
+@click.option("--target", type=str, required=True, help="jetson | mobile")
+@click.pass_obj
+def check(obj, model, target):
+    """List every node the target's runtime will not run in INT8."""
+    from pipeline.config import TARGETS
+    from targets.check import check_model, format_findings
+
+    if target not in TARGETS:
+        raise UsageError(f"unknown target '{target}'; choose one of: {', '.join(TARGETS)}")
+    if not Path(model).is_file():
+        raise UsageError(f"model not found: {model}")
+    try:
+        findings = check_model(model, target)
+    except PipelineError:
+        raise
+    except Exception as exc:
+        raise UsageError(f"{model} is not a readable ONNX model: {str(exc).splitlines()[0][:200]}") from exc
+    obj["console"].out.print(format_findings(findings), markup=False)
+    if findings:
+        sys.exit(1)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.pass_obj
+def targets(obj):
+    """What targets and device profiles exist."""
+    from targets.profiles import profile_names
+    from targets.registry import TARGETS
+
+    for name, t in TARGETS.items():
+        obj["console"].out.print(f"{name}: {t.description}\n  profiles: {', '.join(profile_names(name))}", markup=False)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.pass_obj
+def doctor(obj):
+    """What this machine can do: torch, CUDA, NNCF, onnxruntime providers, TensorRT."""
+    import onnxruntime
+    import torch
+
+    from targets.tensorrt_engine import tensorrt_status
+
+    lines = [f"pipeline {__version__}", f"python {sys.version.split()[0]}",
+             f"torch {torch.__version__} (CUDA available: {torch.cuda.is_available()}, threads: {torch.get_num_threads()})"]
+    try:
+        import nncf
+
+        lines.append(f"nncf {nncf.__version__}")
+    except Exception as exc:  # report, don't fail
+        lines.append(f"nncf: not usable ({exc})")
+    try:
+        import torchao  # noqa: F401  (nncf.strip needs it)
+
+        lines.append("torchao: installed")
+    except Exception:
+        lines.append("torchao: MISSING (nncf.strip needs it: pip install torchao)")
+    lines.append(f"onnxruntime {onnxruntime.__version__}: providers {', '.join(onnxruntime.get_available_providers())}")
+    ok, msg = tensorrt_status()
+    lines.append(f"tensorrt: {'available' if ok else 'not available'} ({msg})")
+    obj["console"].out.print("\n".join(lines), markup=False)
+
+
+def main(argv=None) -> None:
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        cli.main(args=argv, prog_name="pipeline", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("error: interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        click.echo(f"error: {exc.format_message()}", err=True)
+        sys.exit(2)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except PipelineError as exc:
+        if debug:
+            traceback.print_exc()
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("error: interrupted; rerun with --resume to continue from the last checkpoint", err=True)
+        sys.exit(130)
+    except MemoryError:
+        click.echo("error: out of memory; try a smaller --preset or batch size", err=True)
+        sys.exit(1)
+    except OSError as exc:
+        if debug:
+            traceback.print_exc()
+        where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+        click.echo(f"error: {exc.strerror or exc}{where}", err=True)
+        sys.exit(1)
+    except Exception as exc:  # last resort: still one line, never a traceback without --debug
+        if debug:
+            traceback.print_exc()
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        click.echo(f"error: internal error {type(exc).__name__}: {first} (rerun with --debug for details)", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

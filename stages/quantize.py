@@ -1,0 +1,252 @@
+"""Stage 2: INT8 with NNCF, calibrated and fine-tuned on synthetic data only.
+
+fold BatchNorm -> nncf.quantize (calibration on VAE / generator / noise samples) -> short QAT by KD
+from the teacher -> nncf.strip -> ONNX with QuantizeLinear/DequantizeLinear.
+
+Schemes per runtime:
+  tensorrt     symmetric signed INT8 everywhere, zero point 0 (TensorRT's explicit quantization rules);
+               NNCF would emit uint8 after ReLU, so signedness is forced for activations.
+  onnxruntime  NNCF's performance preset: int8 symmetric per-channel weights, uint8 activations after
+               ReLU, which onnxruntime's CPU kernels fuse into QLinearConv / QGemm (U8S8).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import logging
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.config import QuantizeConfig
+from pipeline.errors import RunError
+from pipeline.fileio import atomic_path
+
+SCHEMES = {"jetson": "tensorrt", "mobile": "onnxruntime"}
+
+
+def use_reference_quantizer() -> None:
+    """Run NNCF's fake quantization in plain torch ops.
+
+    NNCF otherwise compiles a C++ extension on first use (about a minute here, at its own 60 s
+    timeout, in a cache shared between environments), and its fallback wraps the reference in
+    torch.compile, which recompiles for every tensor rank. Neither is needed for small students.
+    """
+    from nncf.torch.quantization import extensions
+    from nncf.torch.quantization.reference import ReferenceBackendType, ReferenceQuantize
+
+    ref = ReferenceQuantize(ReferenceBackendType.TORCH)
+
+    class _PlainTorch:
+        Quantize_forward = staticmethod(ref.forward)
+        Quantize_backward = staticmethod(ref.backward)
+
+    extensions.QuantizedFunctionsCPU._loaded_namespace = _PlainTorch
+    # torchao (needed by nncf.strip) logs a deprecation notice through torch's pytree logger on import.
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+
+
+class _Wrapped(nn.Module):
+    """NNCF wants a module with its own forward, not a bare nn.Sequential."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x)
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """Fold every BatchNorm that directly follows a Conv or Linear into it (eval mode, on a copy).
+
+    Unfolded, onnxruntime runs float Conv + BatchNormalization around the Q/DQ pairs and INT8
+    ends up slower than FP32. The pairs are found by tracing (torch.fx) but replaced inside the
+    original module tree: NNCF cannot build its graph from an fx.GraphModule.
+    """
+    model = copy.deepcopy(model).eval()
+    try:
+        pairs = _conv_bn_pairs(model)
+    except Exception:  # not symbolically traceable: adjacent pairs inside Sequentials
+        pairs = _sequential_pairs(model)
+    from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
+
+    for first_name, bn_name in pairs:
+        first, bn = model.get_submodule(first_name), model.get_submodule(bn_name)
+        fused = fuse_linear_bn_eval(first, bn) if isinstance(first, nn.Linear) else fuse_conv_bn_eval(first, bn)
+        _set_submodule(model, first_name, fused)
+        _set_submodule(model, bn_name, nn.Identity())
+    if isinstance(model, nn.Sequential):
+        model = _Wrapped(model)
+    return model.eval()
+
+
+_FOLDABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+def _conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    import torch.fx
+
+    graph = torch.fx.symbolic_trace(model).graph
+    modules = dict(model.named_modules())
+    users: dict[str, int] = {}
+    for node in graph.nodes:
+        for arg in node.all_input_nodes:
+            users[arg.name] = users.get(arg.name, 0) + 1
+    pairs = []
+    for node in graph.nodes:
+        if node.op != "call_module" or not isinstance(modules.get(node.target), nn.modules.batchnorm._BatchNorm):
+            continue
+        src = node.args[0] if node.args else None
+        if (getattr(src, "op", None) == "call_module" and isinstance(modules.get(src.target), _FOLDABLE)
+                and users.get(src.name) == 1 and modules[node.target].track_running_stats):
+            pairs.append((src.target, node.target))
+    return pairs
+
+
+def _sequential_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    pairs = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Sequential):
+            keys = list(module._modules)
+            for a, b in zip(keys, keys[1:]):
+                if isinstance(module._modules[a], _FOLDABLE) and isinstance(module._modules[b], nn.modules.batchnorm._BatchNorm):
+                    prefix = f"{name}." if name else ""
+                    pairs.append((prefix + a, prefix + b))
+    return pairs
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
+
+
+def count_batchnorm(model: nn.Module) -> int:
+    return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+@dataclass
+class QuantizeResult:
+    model: nn.Module  # stripped: real Q/DQ ops, ready for ONNX export
+    folded_fp32: nn.Module  # the BN-folded float model that was quantized
+    scheme: str
+    calibration: str
+    calibration_samples: int
+    qat_steps: int
+    qat_losses: list[float]
+    wall_s: float
+
+
+def _advanced_parameters():
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, QuantizationParameters
+
+    return AdvancedQuantizationParameters(weights_quantization_params=QuantizationParameters(per_channel=True))
+
+
+def force_signed(qmodel: nn.Module) -> int:
+    """Make every unsigned symmetric quantizer signed, before QAT so fine-tuning adapts the scales.
+
+    TensorRT takes only signed INT8 Q/DQ with zero point 0; NNCF picks uint8 after ReLU, and its
+    signedness constraint conflicts with the generic hardware config, so it is set here instead.
+    """
+    from nncf.torch.quantization.layers import SymmetricQuantizer
+
+    changed = 0
+    for module in qmodel.modules():
+        if isinstance(module, SymmetricQuantizer) and not module.signed:
+            module.signed = True
+            changed += 1
+    return changed
+
+
+def quantize(student: nn.Module, teacher: nn.Module, calibration_batches: list[torch.Tensor],
+             qat_batch: Callable[[], torch.Tensor], cfg: QuantizeConfig, scheme: str, calibration: str,
+             example_input: torch.Tensor, kd_loss: str = "l1",
+             progress: Callable[[int], None] | None = None) -> QuantizeResult:
+    """Quantize `student` for `scheme` on synthetic batches; fine-tune by KD from the teacher."""
+    import nncf
+
+    t0 = time.perf_counter()
+    use_reference_quantizer()
+    logging.getLogger("nncf").setLevel(logging.ERROR)
+    folded = fold_batchnorm(student)
+    n_calib = sum(len(b) for b in calibration_batches)
+    # NNCF draws its own progress bars on stdout; the pipeline reports progress itself.
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        try:
+            qmodel = nncf.quantize(copy.deepcopy(folded), nncf.Dataset(calibration_batches),
+                                   preset=nncf.QuantizationPreset.PERFORMANCE, subset_size=n_calib,
+                                   fast_bias_correction=cfg.fast_bias_correction,
+                                   advanced_parameters=_advanced_parameters())
+        except Exception as exc:
+            raise RunError(f"quantize: NNCF could not quantize the student: {str(exc).splitlines()[0][:200]}") from exc
+
+    if scheme == "tensorrt":
+        force_signed(qmodel)
+    # Quantization-aware fine-tuning: the teacher is the only label source.
+    losses: list[float] = []
+    if cfg.qat_steps:
+        qmodel.train()
+        opt = torch.optim.Adam(qmodel.parameters(), lr=cfg.qat_lr)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.qat_steps)
+        for step in range(cfg.qat_steps):
+            x = qat_batch()
+            with torch.no_grad():
+                target = teacher(x)
+            out = qmodel(x)
+            loss = (out - target).abs().mean() if kd_loss == "l1" else F.kl_div(
+                F.log_softmax(out, 1), F.softmax(target, 1), reduction="batchmean")
+            if not torch.isfinite(loss):
+                raise RunError(f"quantize: QAT loss became {loss.item()} at step {step}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(float(loss))
+            if progress:
+                progress(step + 1)
+    qmodel.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        stripped = nncf.strip(qmodel, example_input=example_input)
+    return QuantizeResult(stripped, folded, scheme, calibration, n_calib, cfg.qat_steps, losses,
+                          time.perf_counter() - t0)
+
+
+def export_onnx(model: nn.Module, path: Path, example_input: torch.Tensor, opset: int = 17) -> Path:
+    """ONNX with a dynamic batch axis; the legacy exporter keeps NNCF's quantizers as Q/DQ pairs."""
+    model = model.eval().cpu()
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, example_input.cpu(), str(tmp), dynamo=False, opset_version=opset,
+                          input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, do_constant_folding=True)
+    return Path(path)
+
+
+def qdq_summary(onnx_path: Path) -> dict:
+    """How many quantizers the graph holds, and of which integer types (after tidy_qdq)."""
+    import onnx
+
+    model = onnx.load(str(onnx_path))
+    types = {i.name: onnx.helper.tensor_dtype_to_np_dtype(i.data_type).name for i in model.graph.initializer}
+    counts: dict[str, int] = {}
+    n_q = n_dq = 0
+    for node in model.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            n_q += node.op_type == "QuantizeLinear"
+            n_dq += node.op_type == "DequantizeLinear"
+            if node.op_type == "DequantizeLinear":
+                name = types.get(node.input[2], "unknown") if len(node.input) > 2 else "uint8"
+                counts[name] = counts.get(name, 0) + 1
+    return {"quantize_linear": n_q, "dequantize_linear": n_dq, "zero_point_types": counts}
