@@ -52,18 +52,18 @@ class StudentConfig:
 class DistillConfig:
     iterations: int = 400  # outer iterations: one generator step then `kd_steps` student steps
     kd_steps: int = 5
-    batch_size: int = 256
+    batch_size: int = 128
     replay_batch: int = 64  # replay samples mixed into every student step
     latent_dim: int = 64
     vae_latent_dim: int = 32
     vae_steps: int = 2  # VAE updates per outer iteration (reference: the first 4 of 10 kd steps)
-    lr_student: float = 1e-3
+    lr_student: float = 2e-3
     lr_generator: float = 1e-3
     lr_vae: float = 1e-3
     student_optimizer: str = "adam"  # adam | sgd
     cosine_schedule: bool = True
     adversarial: str = "js"  # js (PRE-DFKD) | l1 (DFAD)
-    kd_loss: str = "l1"  # l1 on logits (DFAD, PRE-DFKD) | kl
+    kd_loss: str = "kl"  # kl (converges faster on small students) | l1 on logits (DFAD, PRE-DFKD)
     w_adv: float = 1.0
     w_bn: float = 1.0
     w_balance: float = 5.0  # information entropy of the batch-mean prediction (DAFL)

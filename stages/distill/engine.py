@@ -46,7 +46,9 @@ class DistillResult:
 
 def build_memory(cfg: DistillConfig, shape: tuple[int, ...], teacher: nn.Module, device: torch.device):
     if cfg.replay == "vae":
-        return VAEMemory(VAE(shape, cfg.vae_latent_dim).to(device), teacher, lr=cfg.lr_vae, recon=cfg.vae_recon)
+        return VAEMemory(VAE(shape, cfg.vae_latent_dim).to(device), teacher, lr=cfg.lr_vae, recon=cfg.vae_recon,
+                         kld_weight=cfg.vae_kld_weight, balanced=cfg.vae_balanced, rehearse=cfg.vae_rehearse,
+                         features=cfg.vae_features)
     if cfg.replay == "memory":
         return ReservoirMemory(shape, cfg.memory_bytes, device)
     return NoReplay()
@@ -74,7 +76,7 @@ def distill(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, shape: t
     torch.manual_seed(seed)
     teacher = teacher.to(device).eval()
     student = student.to(device)
-    generator = build_generator(cfg.latent_dim, shape).to(device)
+    generator = build_generator(cfg.latent_dim, shape, width=cfg.generator_width).to(device)
     memory = memory if memory is not None else build_memory(cfg, shape, teacher, device)
     opt_s = _student_optimizer(cfg, student)
     opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.lr_generator, betas=(0.5, 0.999))
@@ -134,14 +136,15 @@ def distill(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, shape: t
             replay = memory.sample(cfg.replay_batch)
             x_all = x_new if replay is None else torch.cat([x_new, replay])
             with torch.no_grad():
-                t_all = teacher(x_all)
-            loss_s = criteria.kd_loss(cfg.kd_loss, student(x_all), t_all)
+                t_all = teacher(x_all)  # one teacher pass serves the student and the memory
+            loss_s = criteria.kd_loss(cfg.kd_loss, student(x_all), t_all, cfg.kd_temperature)
             _finite(loss_s, "student loss", it, out_dir)
             opt_s.zero_grad(set_to_none=True)
             loss_s.backward()
             opt_s.step()
             if k < cfg.vae_steps:
-                memory.observe(x_new)
+                n = x_new.shape[0]
+                memory.observe(x_new, t_all[:n], replay, None if replay is None else t_all[n:])
         if sched is not None:
             sched.step()
 
@@ -149,7 +152,7 @@ def distill(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, shape: t
         if step % cfg.eval_every == 0 or step == cfg.iterations:
             row = {"step": step, "agreement": agreement(student, probes, probe_labels),
                    "accuracy": evaluate(student) if evaluate else None,
-                   "loss_student": float(loss_s), "loss_generator": float(loss_g),
+                   "loss_student": float(loss_s.detach()), "loss_generator": float(loss_g.detach()),
                    "elapsed_s": round(elapsed_before + time.perf_counter() - t0, 3)}
             history.append(row)
         if progress:

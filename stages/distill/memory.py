@@ -20,7 +20,7 @@ from stages.distill.networks import VAE
 class NoReplay:
     name = "none"
 
-    def observe(self, x: torch.Tensor) -> dict:
+    def observe(self, x: torch.Tensor, *args, **kwargs) -> dict:
         return {}
 
     def sample(self, n: int) -> torch.Tensor | None:
@@ -48,7 +48,7 @@ class ReservoirMemory:
         self.size = 0
         self.seen = 0
 
-    def observe(self, x: torch.Tensor) -> dict:
+    def observe(self, x: torch.Tensor, *args, **kwargs) -> dict:
         x = x.detach()
         for row in x:
             if self.size < self.capacity:
@@ -92,11 +92,14 @@ class VAEMemory:
     name = "vae"
 
     def __init__(self, vae: VAE, teacher: nn.Module, lr: float, recon: str = "pixel+logits",
-                 kld_weight: float = 1e-3, z_steps: int = 1, z_lr: float = 0.05):
+                 kld_weight: float = 1e-3, z_steps: int = 1, z_lr: float = 0.05, balanced: bool = True,
+                 rehearse: bool = True, features: bool = False):
         self.vae, self.teacher = vae, teacher
         self.opt = torch.optim.Adam(vae.parameters(), lr=lr)
         self.recon, self.kld_weight = recon, kld_weight
         self.z_steps, self.z_lr = z_steps, z_lr
+        self.balanced, self.rehearse, self.features = balanced, rehearse, features
+        self._feats = criteria.PenultimateFeatures(teacher) if features else None
         self.updates = 0
 
     @property
@@ -104,7 +107,10 @@ class VAEMemory:
         return next(self.vae.parameters()).device
 
     def _balanced_latents(self, n: int) -> torch.Tensor:
-        z = torch.randn(n, self.vae.latent_dim, device=self.device, requires_grad=True)
+        z = torch.randn(n, self.vae.latent_dim, device=self.device)
+        if not self.balanced:
+            return z
+        z.requires_grad_(True)
         for _ in range(self.z_steps):
             logits = self.teacher(self.vae.decoder(z))
             moments = F.mse_loss(z.var(0), torch.ones_like(z[0])) + F.mse_loss(z.mean(0), torch.zeros_like(z[0]))
@@ -124,20 +130,36 @@ class VAEMemory:
         self.vae.train(was_training)
         return x
 
-    def observe(self, x: torch.Tensor) -> dict:
+    def _teacher_response(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        logits = self.teacher(x)
+        return logits, (self._feats.features if self._feats is not None else None)
+
+    def observe(self, x: torch.Tensor, logits: torch.Tensor | None = None, rehearsal: torch.Tensor | None = None,
+                rehearsal_logits: torch.Tensor | None = None) -> dict:
+        """Learn the newest batch `x`. `logits` (the teacher's on `x`) and a `rehearsal` batch of the VAE's
+        own samples (with their teacher logits) may be handed in by the caller, who already computed them."""
         x = x.detach()
-        old = self.sample(max(1, x.shape[0] // 4)) if self.updates else None
-        if old is not None:
-            x = torch.cat([x[: x.shape[0] // 2], old])  # rehearse own samples: nothing is forgotten
+        if self.rehearse and self.updates:
+            if rehearsal is None:
+                rehearsal, rehearsal_logits = self.sample(max(1, x.shape[0] // 4)), None
+            half = x.shape[0] // 2
+            x = torch.cat([x[:half], rehearsal.detach()])  # rehearse own samples: nothing is forgotten
+            logits = torch.cat([logits[:half], rehearsal_logits]) if logits is not None and rehearsal_logits is not None else None
         self.vae.train()
         recon, mu, log_var = self.vae(x)
         loss = torch.zeros((), device=x.device)
         if "pixel" in self.recon:
             loss = loss + F.l1_loss(recon, x)
-        if "logits" in self.recon:
-            with torch.no_grad():
-                target = self.teacher(x)
-            loss = loss + F.l1_loss(self.teacher(recon), target)
+        if "logits" in self.recon or self.features:
+            t_feats = None
+            if logits is None or self.features:
+                with torch.no_grad():
+                    logits, t_feats = self._teacher_response(x)
+            r_logits, r_feats = self._teacher_response(recon)
+            if "logits" in self.recon:
+                loss = loss + F.l1_loss(r_logits, logits.detach())
+            if self.features and t_feats is not None:
+                loss = loss + F.l1_loss(r_feats, t_feats.detach())
         kld = torch.mean(-0.5 * torch.sum(1 + log_var - mu**2 - log_var.exp(), dim=1))
         loss = loss + self.kld_weight * kld
         self.opt.zero_grad(set_to_none=True)

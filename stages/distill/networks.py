@@ -61,11 +61,11 @@ class VectorDecoder(nn.Module):
         return self.net(z).view(z.shape[0], *self.shape)
 
 
-def build_generator(latent_dim: int, shape: tuple[int, ...], spectral: bool = True) -> nn.Module:
+def build_generator(latent_dim: int, shape: tuple[int, ...], spectral: bool = True, width: int = 64) -> nn.Module:
     """The novel-sample generator; spectral norm on its convolutions as in the reference code."""
     if _is_image(shape):
-        return ImageDecoder(latent_dim, shape, width=64, spectral=spectral)
-    return VectorDecoder(latent_dim, shape, spectral=spectral)
+        return ImageDecoder(latent_dim, shape, width=width, spectral=spectral)
+    return VectorDecoder(latent_dim, shape, width=4 * width, spectral=spectral)
 
 
 class ImageEncoder(nn.Module):

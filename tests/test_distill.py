@@ -1,0 +1,308 @@
+"""Distillation stage: loss terms, replay memories, history rows, exact resume (smoke-sized, CPU)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from pipeline.config import load_config
+from stages.distill import criteria
+from stages.distill.engine import build_memory, distill, expected_accuracy, largest_drop
+from stages.distill.memory import NoReplay, ReservoirMemory, VAEMemory
+from stages.distill.networks import VAE, build_student, param_count, student_spec
+
+SHAPE = (1, 8, 8)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+class TinyTeacher(nn.Module):
+    """A BN-first teacher: its first BatchNorm sees the raw input, so its statistics are known."""
+
+    def __init__(self, mean: float = 0.5, std: float = 2.0):
+        super().__init__()
+        self.bn0 = nn.BatchNorm2d(1)
+        self.bn0.running_mean.fill_(mean)
+        self.bn0.running_var.fill_(std**2)
+        self.conv = nn.Conv2d(1, 8, 3, padding=1)
+        self.head = nn.Sequential(nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+
+    def forward(self, x):
+        return self.head(self.conv(self.bn0(x)))
+
+
+def _smoke_cfg(**distill):
+    cfg = load_config(overrides={"preset": "smoke"}).distill
+    return dataclasses.replace(cfg, **distill)
+
+
+def _student():
+    return build_student(student_spec(SHAPE, 10, 4000, 0.5))
+
+
+# ---- loss terms ---------------------------------------------------------------------------------------
+
+def test_bn_term_near_zero_on_matching_stats_and_larger_when_shifted():
+    torch.manual_seed(0)
+    teacher = TinyTeacher(mean=0.5, std=2.0).eval()
+    only_first = criteria.BNStatistics(teacher)
+    only_first.layers = only_first.layers[:1]
+    x = torch.randn(4096, *SHAPE)
+    matched = (x - x.mean()) / x.std(unbiased=False) * 2.0 + 0.5
+    with only_first:
+        teacher(matched)
+        loss_matched = only_first.loss().item()
+    with only_first:
+        teacher(matched + 1.5)
+        loss_shifted = only_first.loss().item()
+    with only_first:
+        teacher(matched * 3.0)
+        loss_scaled = only_first.loss().item()
+    only_first.remove()
+    assert loss_matched < 1e-3
+    assert loss_shifted > 1.0 and loss_scaled > 1.0
+    assert loss_shifted > 100 * loss_matched
+
+
+def test_bn_hooks_only_record_inside_context():
+    teacher = TinyTeacher().eval()
+    bn = criteria.BNStatistics(teacher)
+    teacher(torch.randn(8, *SHAPE))
+    assert bn.loss().item() == 0.0
+    with bn:
+        teacher(torch.randn(8, *SHAPE))
+        assert bn.loss().item() > 0
+    bn.remove()
+
+
+def test_class_balance_minimal_for_uniform_class_predictions():
+    k = 10
+    uniform = torch.eye(k).repeat(5, 1) * 20.0  # confident, every class equally often
+    skewed = torch.zeros(50, k)
+    skewed[:, 3] = 20.0  # confident, always class 3
+    assert criteria.class_balance(uniform).item() == pytest.approx(-math.log(k), abs=1e-4)
+    assert criteria.class_balance(skewed).item() > criteria.class_balance(uniform).item() + 1.0
+    random_logits = torch.randn(50, k) * 3
+    assert criteria.class_balance(random_logits).item() >= -math.log(k) - 1e-6
+
+
+def test_js_divergence_zero_for_equal_logits_positive_otherwise():
+    a = torch.randn(16, 10)
+    assert criteria.js_divergence(a, a.clone()).item() == pytest.approx(0.0, abs=1e-6)
+    b = a + torch.randn(16, 10) * 4
+    js = criteria.js_divergence(a, b).item()
+    assert 0 < js <= math.log(2) + 1e-6
+    assert criteria.js_divergence(b, a).item() == pytest.approx(js, rel=1e-5)  # symmetric
+    # the generator minimises the negated disagreement
+    assert criteria.adversarial_loss("js", a, b).item() == pytest.approx(-js, rel=1e-6)
+    assert criteria.adversarial_loss("l1", a, b).item() < 0
+
+
+def test_onehot_lower_for_confident_logits():
+    confident = torch.eye(10) * 15.0
+    vague = torch.eye(10) * 0.5
+    assert criteria.onehot(confident).item() < criteria.onehot(vague).item()
+    assert criteria.onehot(confident).item() < 1e-3
+
+
+def test_activation_and_kd_losses():
+    assert criteria.activation(torch.ones(4, 3)).item() == -1.0
+    assert criteria.activation(None).item() == 0.0
+    a = torch.randn(8, 10)
+    assert criteria.kd_loss("l1", a, a).item() == 0.0
+    assert criteria.kd_loss("kl", a, a, temperature=2.0).item() == pytest.approx(0.0, abs=1e-5)
+    assert criteria.kd_loss("kl", a, a + torch.randn(8, 10)).item() > 0
+
+
+def test_generator_objective_is_a_switchable_weighted_sum():
+    terms = {"adversarial": torch.tensor(-2.0), "bn": torch.tensor(3.0), "balance": torch.tensor(-1.0)}
+    assert criteria.generator_objective({"adversarial": 1.0, "bn": 0.5, "balance": 0.0}, terms).item() == pytest.approx(-0.5)
+    assert criteria.generator_objective({"bn": 0.0}, terms).item() == 0.0
+
+
+# ---- memories -------------------------------------------------------------------------------------------
+
+def test_reservoir_memory_respects_its_byte_budget():
+    budget = 10_000
+    mem = ReservoirMemory(SHAPE, budget, torch.device("cpu"))
+    assert mem.nbytes() <= budget
+    assert mem.sample(4) is None
+    for _ in range(5):
+        mem.observe(torch.randn(32, *SHAPE))
+    assert mem.nbytes() <= budget
+    assert mem.size == mem.capacity == budget // (64 * 4)
+    assert mem.seen == 160
+    assert mem.sample(7).shape == (7, *SHAPE)
+    state = mem.state_dict()
+    other = ReservoirMemory(SHAPE, budget, torch.device("cpu"))
+    other.load_state_dict(state)
+    assert torch.equal(other.buffer[: other.size], mem.buffer[: mem.size]) and other.seen == mem.seen
+
+
+def test_reservoir_keeps_every_sample_with_equal_chance():
+    torch.manual_seed(0)
+    hits = torch.zeros(40)
+    for _ in range(300):
+        mem = ReservoirMemory((1,), 10 * 4, torch.device("cpu"))
+        mem.observe(torch.arange(40, dtype=torch.float32).view(40, 1))
+        hits[mem.buffer[: mem.size, 0].long()] += 1
+    # each of the 40 samples should be kept about 300 * 10/40 = 75 times
+    assert hits[:20].sum().item() == pytest.approx(hits[20:].sum().item(), rel=0.2)
+
+
+@pytest.mark.parametrize("shape", [SHAPE, (12,)])
+def test_vae_memory_sample_shapes_and_nbytes(shape):
+    torch.manual_seed(0)
+    teacher = TinyTeacher().eval() if len(shape) == 3 else nn.Sequential(nn.Linear(12, 10)).eval()
+    vae = VAE(shape, 8)
+    mem = VAEMemory(vae, teacher, lr=1e-3, features=True)
+    assert mem.sample(5) is None  # nothing learnt yet: no replay
+    info = mem.observe(torch.randn(16, *shape))
+    assert math.isfinite(info["vae_loss"])
+    mem.observe(torch.randn(16, *shape))  # second update rehearses its own samples
+    x = mem.sample(5)
+    assert x.shape == (5, *shape)
+    expected = sum(p.numel() * 4 for p in vae.parameters()) + sum(b.numel() * b.element_size() for b in vae.buffers())
+    assert mem.nbytes() == expected > 0
+    assert mem.updates == 2
+
+
+def test_class_balanced_sampling_moves_towards_balanced_classes():
+    torch.manual_seed(0)
+    teacher = TinyTeacher().eval()
+    with torch.no_grad():
+        teacher.head[-1].bias[0] = 2.0  # the teacher favours class 0: prior samples are unbalanced
+    mem = VAEMemory(VAE(SHAPE, 8), teacher, lr=1e-3, z_steps=5)
+    mem.observe(torch.randn(16, *SHAPE))
+    mem.vae.eval()
+    torch.manual_seed(1)
+    mem.balanced = False
+    z0 = mem._balanced_latents(256)
+    mem.balanced = True
+    torch.manual_seed(1)
+    z1 = mem._balanced_latents(256)
+    with torch.no_grad():
+        b0 = criteria.class_balance(teacher(mem.vae.decoder(z0))).item()
+        b1 = criteria.class_balance(teacher(mem.vae.decoder(z1))).item()
+    assert b1 < b0
+
+
+def test_no_replay_interface():
+    mem = NoReplay()
+    assert mem.sample(4) is None and mem.nbytes() == 0 and mem.observe(torch.randn(2, *SHAPE)) == {}
+
+
+# ---- the loop ------------------------------------------------------------------------------------------------
+
+class FixedMemory(NoReplay):
+    """Always replays the same batch, so we can tell whether replay reaches the student."""
+
+    name = "fixed"
+
+    def __init__(self, batch: torch.Tensor):
+        self.batch = batch
+        self.calls = 0
+
+    def sample(self, n):
+        self.calls += 1
+        return self.batch[:n]
+
+
+def test_replay_samples_reach_the_students_loss(tmp_path):
+    cfg = _smoke_cfg(iterations=1, kd_steps=1, batch_size=8, replay_batch=4, eval_every=1, checkpoint_every=100)
+    teacher = TinyTeacher().eval()
+    seen: list[torch.Tensor] = []
+
+    def run(batch):
+        torch.manual_seed(0)
+        student = _student()
+        student.register_forward_pre_hook(lambda m, inp: seen.append(inp[0].detach().clone()))
+        res = distill(cfg, teacher, student, SHAPE, tmp_path / str(len(seen)), torch.device("cpu"), memory=FixedMemory(batch))
+        return res
+
+    marker = torch.full((4, *SHAPE), 7.0)
+    res_a = run(marker)
+    # the student's training batch = fresh generator samples followed by exactly the replayed batch
+    train_inputs = [x for x in seen if x.shape[0] == cfg.batch_size + cfg.replay_batch]
+    assert train_inputs, "student never trained on a mixed batch"
+    assert torch.equal(train_inputs[0][-4:], marker)
+    # and a different replay batch changes the student's update (same seed otherwise)
+    seen.clear()
+    res_b = run(torch.full((4, *SHAPE), -7.0))
+    wa = torch.cat([p.flatten() for p in res_a.student.parameters()])
+    wb = torch.cat([p.flatten() for p in res_b.student.parameters()])
+    assert not torch.equal(wa, wb)
+    assert res_a.history[-1]["loss_student"] != res_b.history[-1]["loss_student"]
+
+
+@pytest.mark.parametrize("mode", ["vae", "memory", "none"])
+def test_history_rows_and_modes_share_one_loop(tmp_path, mode):
+    cfg = _smoke_cfg(replay=mode, iterations=4, eval_every=2, checkpoint_every=100, batch_size=16, replay_batch=8)
+    teacher = TinyTeacher().eval()
+    memory = build_memory(cfg, SHAPE, teacher, torch.device("cpu"))
+    res = distill(cfg, teacher, _student(), SHAPE, tmp_path, torch.device("cpu"), evaluate=lambda m: 0.5, memory=memory)
+    assert [r["step"] for r in res.history] == [2, 4]
+    for row in res.history:
+        assert 0.0 <= row["agreement"] <= 1.0
+        assert row["accuracy"] == 0.5
+        assert math.isfinite(row["loss_student"]) and math.isfinite(row["loss_generator"])
+    assert res.iterations == 4 and res.resumed_from is None
+    assert (res.vae is not None) == (mode == "vae")
+    if mode == "vae":
+        assert res.memory.updates == 4 * cfg.vae_steps
+    if mode == "memory":
+        assert res.memory.nbytes() <= cfg.memory_bytes and res.memory.size > 0
+
+
+def test_resumed_run_equals_uninterrupted_run_bit_for_bit(tmp_path):
+    cfg = _smoke_cfg(iterations=6, checkpoint_every=3, eval_every=2, batch_size=16, replay_batch=8)
+    teacher = TinyTeacher().eval()
+
+    torch.manual_seed(123)
+    full = distill(cfg, teacher, _student(), SHAPE, tmp_path / "full", torch.device("cpu"), seed=5)
+
+    # interrupted during iteration 4, after the checkpoint of iteration 3 was written
+    part_dir = tmp_path / "part"
+    torch.manual_seed(123)
+    with pytest.raises(KeyboardInterrupt):
+        distill(cfg, teacher, _student(), SHAPE, part_dir, torch.device("cpu"), seed=5, progress=_stop_at(4))
+    assert (part_dir / "checkpoint.pt").exists()
+    resumed = distill(cfg, teacher, _student(), SHAPE, part_dir, torch.device("cpu"), seed=5, resume=True)
+    assert resumed.resumed_from == 3
+    for (name, a), b in zip(full.student.state_dict().items(), resumed.student.state_dict().values()):
+        assert torch.equal(a, b), name
+    for a, b in zip(full.memory.vae.state_dict().values(), resumed.memory.vae.state_dict().values()):
+        assert torch.equal(a, b)
+    assert [r["step"] for r in resumed.history] == [r["step"] for r in full.history]
+    assert [r["agreement"] for r in resumed.history] == [r["agreement"] for r in full.history]
+
+
+def _stop_at(step):
+    """A progress callback that interrupts the run (like Ctrl-C) when it reaches `step`."""
+    def progress(s, row):
+        if s == step:
+            raise KeyboardInterrupt
+    return progress
+
+
+def test_summary_helpers():
+    hist = [{"accuracy": a} for a in [0.1, 0.2, 0.9, 0.8, 0.95, 0.9]]
+    assert expected_accuracy(hist) == pytest.approx((0.8 + 0.95 + 0.9) / 3)
+    assert largest_drop(hist) == pytest.approx(0.05)
+    assert expected_accuracy([{"accuracy": None}]) is None
+
+
+def test_student_spec_sizes_towards_ratio():
+    spec = student_spec(SHAPE, 10, 94_186, 0.25)
+    n = param_count(build_student(spec))
+    assert 0.5 * 94_186 * 0.25 < n < 1.5 * 94_186 * 0.25
