@@ -126,12 +126,15 @@ PRESET_VALUES: dict[str, dict[str, dict[str, Any]]] = {
     },
     "default": {},
     # The reference code's settings (batch 1024, latent 1000, 400 epochs x 36 iterations, 10 kd steps,
-    # SGD 0.1 for the student, Adam 0.02 for the generator and 0.02/40 for the VAE): GPU scale.
+    # SGD 0.1 for the student, Adam 0.02 for the generator and 0.02/40 for the VAE, L1 KD, VAE KLD weight 1e-5,
+    # information entropy weight 5 in log10 units): GPU scale.
     "paper": {
         "distill": {"iterations": 400 * 36, "kd_steps": 10, "batch_size": 1024, "replay_batch": 128,
                     "latent_dim": 1000, "vae_latent_dim": 1000, "vae_steps": 4, "lr_student": 0.1,
                     "student_optimizer": "sgd", "lr_generator": 0.02, "lr_vae": 0.02 / 40,
-                    "w_bn": 0.0, "eval_every": 360, "checkpoint_every": 720},
+                    "w_bn": 0.0, "kd_loss": "l1", "vae_kld_weight": 1e-5, "vae_recon": "pixel+logits",
+                    "w_balance": 5.0 / 2.302585, "w_onehot": 1.0, "w_activation": 0.1, "adversarial": "js",
+                    "eval_every": 360, "checkpoint_every": 720},
         "quantize": {"calibration_samples": 2048, "qat_steps": 1000, "qat_batch": 256},
     },
 }
