@@ -212,7 +212,7 @@ def quantize(student: nn.Module, teacher: nn.Module, calibration_batches: list[t
             loss.backward()
             opt.step()
             sched.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
             if progress:
                 progress(step + 1)
     qmodel.eval()

@@ -1,0 +1,92 @@
+"""Stage 2 on a small real student: BN folding, Q/DQ types per target, ONNX faithful to torch."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+from pipeline.config import QuantizeConfig
+from stages.distill.networks import build_student
+from stages.onnx_tidy import tidy_qdq
+from stages.quantize import count_batchnorm, export_onnx, fold_batchnorm, qdq_summary, quantize
+from targets.check import check_model, fuse_report
+
+SPEC = {"family": "conv", "shape": [1, 8, 8], "num_classes": 10, "widths": [8, 16, 32]}
+
+
+@pytest.fixture(scope="module")
+def models():
+    torch.manual_seed(0)
+    teacher = build_student({**SPEC, "widths": [16, 32, 64]}).eval()
+    student = build_student(SPEC)
+    # Give the BatchNorms non-trivial statistics so folding is really tested.
+    student.train()
+    with torch.no_grad():
+        for _ in range(5):
+            student(torch.randn(64, 1, 8, 8) * 2 + 0.5)
+    return teacher, student.eval()
+
+
+def test_fold_batchnorm_keeps_outputs(models):
+    _, student = models
+    folded = fold_batchnorm(student)
+    assert count_batchnorm(student) == 3 and count_batchnorm(folded) == 0
+    x = torch.randn(16, 1, 8, 8)
+    torch.testing.assert_close(folded(x), student(x), atol=1e-5, rtol=1e-4)
+
+
+def test_fold_wraps_bare_sequential():
+    seq = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(144, 3)).eval()
+    folded = fold_batchnorm(seq)
+    assert not isinstance(folded, nn.Sequential) and count_batchnorm(folded) == 0
+    x = torch.randn(2, 1, 8, 8)
+    torch.testing.assert_close(folded(x), seq(x), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("scheme, target", [("tensorrt", "jetson"), ("onnxruntime", "mobile")])
+def test_int8_onnx_agrees_with_quantized_torch(models, tmp_path, scheme, target):
+    teacher, student = models
+    torch.manual_seed(1)
+    calib = [torch.randn(32, 1, 8, 8) for _ in range(4)]
+    cfg = QuantizeConfig(qat_steps=5, qat_batch=32)
+    res = quantize(student, teacher, calib, lambda: torch.randn(32, 1, 8, 8), cfg, scheme, "noise", torch.randn(1, 1, 8, 8))
+    path = export_onnx(res.model, tmp_path / "q.onnx", torch.randn(1, 1, 8, 8))
+    before = ort.InferenceSession(str(path)).run(None, {"input": np.ones((2, 1, 8, 8), np.float32)})[0]
+    tidy_qdq(path)
+    after = ort.InferenceSession(str(path)).run(None, {"input": np.ones((2, 1, 8, 8), np.float32)})[0]
+    np.testing.assert_array_equal(before, after)  # the weight folding is exact
+
+    x = torch.randn(512, 1, 8, 8)
+    onnx_pred = ort.InferenceSession(str(path)).run(None, {"input": x.numpy()})[0].argmax(1)
+    with torch.no_grad():
+        torch_pred = res.model(x).argmax(1).numpy()
+    assert (onnx_pred == torch_pred).mean() >= 0.99
+
+    summary = qdq_summary(path)
+    assert summary["dequantize_linear"] >= 8
+    types = summary["zero_point_types"]
+    if scheme == "tensorrt":
+        assert set(types) == {"int8"}
+        assert check_model(path, "jetson") == []
+    else:
+        assert "uint8" in types  # activations after ReLU: onnxruntime's U8S8 kernels
+        assert [f for f in check_model(path, "jetson") if f.rule == "qdq-uint8"]
+        report = fuse_report(path)
+        # Every convolution runs as QLinearConv; the classifier Gemm, whose float logits are not
+        # re-quantized, may stay in float.
+        assert report["integer_kernels"].get("QLinearConv") == 3, report
+        assert not set(report["float_kernels"]) & {"Conv", "FusedConv"}, report
+
+
+def test_qat_reduces_kd_loss(models):
+    teacher, student = models
+    torch.manual_seed(2)
+    calib = [torch.randn(32, 1, 8, 8) for _ in range(2)]
+    fixed = torch.randn(64, 1, 8, 8)
+    res = quantize(student, teacher, calib, lambda: fixed, QuantizeConfig(qat_steps=40, qat_lr=1e-3), "onnxruntime",
+                   "noise", torch.randn(1, 1, 8, 8))
+    assert np.mean(res.qat_losses[-5:]) < np.mean(res.qat_losses[:5])
