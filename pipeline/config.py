@@ -210,8 +210,8 @@ def validate(cfg: RunConfig) -> RunConfig:
     _choice("distill.kd_loss", cfg.distill.kd_loss, ("l1", "kl"))
     _choice("distill.student_optimizer", cfg.distill.student_optimizer, ("adam", "sgd"))
     _choice("distill.vae_recon", cfg.distill.vae_recon, ("pixel", "logits", "pixel+logits"))
-    if cfg.eval is not None:
-        _choice("eval set", cfg.eval, ("digits",))
+    if cfg.eval is not None and not cfg.eval.endswith(".npz"):  # digits, or a user's own .npz test set
+        _choice("eval set", cfg.eval, ("digits", "FILE.npz"))
     d, q = cfg.distill, cfg.quantize
     for name in ("iterations", "kd_steps", "batch_size", "latent_dim", "vae_latent_dim", "eval_every",
                  "probe_per_class", "checkpoint_every", "memory_bytes"):
@@ -247,7 +247,7 @@ def validate(cfg: RunConfig) -> RunConfig:
             raise UsageError(f"config: teacher.num_classes must be >= 2, got {t.num_classes}")
         if t.classes is not None and len(t.classes) != t.num_classes:
             raise UsageError(f"config: teacher.classes has {len(t.classes)} labels but num_classes is {t.num_classes}")
-        channels = t.input_shape[0] if len(t.input_shape) > 1 else 1
+        channels = t.input_shape[0]  # per channel for images, per feature for vectors
         for name in ("mean", "std"):
             v = getattr(t, name)
             if v and len(v) not in (1, channels):
@@ -274,6 +274,12 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         except (UnicodeDecodeError, OSError) as exc:
             raise UsageError(f"config file {path} cannot be read: {exc}") from exc
         cfg_dir = str(p.resolve().parent)
+        if isinstance(file_values.get("eval"), dict):  # [eval] data = "test.npz", relative to the config file
+            table = file_values["eval"]
+            if set(table) != {"data"} or not isinstance(table["data"], str):
+                raise UsageError("config: [eval] takes one key, data = \"FILE.npz\" (arrays x raw, y labels)")
+            data = Path(table["data"]).expanduser()
+            file_values["eval"] = str(data if data.is_absolute() else Path(cfg_dir) / data)
         if "teacher" in file_values and isinstance(file_values["teacher"], dict) and "builtin" not in file_values["teacher"]:
             file_values["teacher"] = {"builtin": None, **file_values["teacher"]}
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}

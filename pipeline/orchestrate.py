@@ -89,20 +89,25 @@ def rebuild_student(spec: dict) -> torch.nn.Module:
 # ---- stage 1 --------------------------------------------------------------------------------------
 
 
-def stage_distill(cfg: RunConfig, out: Path, resume: bool, console: Console, memory=None,
-                  student_init: dict | None = None) -> dict:
+def stage_distill(cfg: RunConfig, out: Path, resume: bool, console: Console, memory_factory=None,
+                  student_from: tuple[dict, Path] | None = None) -> dict:
+    """Stage 1. For an update, `student_from` is (spec, weights) of the deployed student and
+    `memory_factory(teacher, device)` rebuilds the shipped VAE memory around the new teacher."""
     from pipeline.evaluation import check_compatible, evaluator
     from stages.distill.engine import distill
     from stages.distill.networks import param_count
 
     device = set_up(cfg)
     teacher, spec = load_teacher(cfg)
-    check_compatible(cfg.eval, spec.input_shape, spec.num_classes)
+    check_compatible(cfg.eval, spec.input_shape, spec.num_classes, spec)
     if cfg.distill.w_bn and not has_batchnorm(teacher):
         console.warn("teacher has no BatchNorm layers: the BN-statistics term is dropped")
-    student, s_spec = student_for(cfg, teacher, spec)
-    if student_init is not None:
-        student.load_state_dict(student_init)
+    if student_from is not None:
+        s_spec, weights = student_from
+        student = wd.load_module(rebuild_student(s_spec), weights)
+    else:
+        student, s_spec = student_for(cfg, teacher, spec)
+    memory = memory_factory(teacher, device) if memory_factory is not None else None
     run = {"pipeline_version": __version__, "config": to_dict(cfg), "task": task_dict(spec), "stages": {}}
     if resume and (out / wd.RUN_FILE).is_file():
         run = wd.read_run(out)
@@ -111,7 +116,7 @@ def stage_distill(cfg: RunConfig, out: Path, resume: bool, console: Console, mem
             return run["stages"]["distill"]
     wd.write_run(out, run)
 
-    evaluate = evaluator(cfg.eval)
+    evaluate = evaluator(cfg.eval, spec)
     console.info(f"distill: {spec.source} -> student with {param_count(student):,} parameters "
                  f"(teacher {param_count(teacher):,}), replay={cfg.distill.replay}, device={device}")
     with console.progress("distill", cfg.distill.iterations) as advance:
@@ -295,7 +300,7 @@ def stage_export(out: Path, console: Console, target_name: str | None = None, pa
     latency = target.benchmark(BenchmarkRequest(out, batches=(1,), threads=(1,), runs=runs))
 
     accuracy = {"teacher": None, "student_fp32": None, "student_int8": None, "evaluated_on": None}
-    data = eval_set(cfg.eval)
+    data = eval_set(cfg.eval, spec)
     if data is not None:
         x, y, what = data
         teacher, _ = load_teacher(cfg)
