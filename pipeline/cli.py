@@ -218,6 +218,27 @@ def build_engine(obj, bundle, profile):
 
 
 @cli.command(context_settings=CONTEXT)
+@click.argument("bundle", type=click.Path())
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="New bundle (default: BUNDLE-update-<timestamp>)")
+@click.option("--force", is_flag=True, help="Overwrite --out if it holds another run.")
+@config_options
+@click.pass_obj
+def update(obj, bundle, out, force, **kw):
+    """On-device update: distill toward a new teacher with replay from the bundle's VAE; no stored data."""
+    from pipeline.report import summary_table
+    from pipeline.update import default_update_out, update_bundle
+
+    if not kw.get("config_path"):
+        raise UsageError("update needs --config NEW.toml naming the new teacher")
+    cfg = build_config(None, **kw)
+    bundle = Path(bundle)
+    out = Path(out) if out else default_update_out(bundle)
+    report = update_bundle(bundle, cfg, out, obj["console"], force=force)
+    obj["console"].out.print(summary_table(report))
+    obj["console"].out.print(f"updated bundle: {out} (parent {report['parent'][:12]})")
+
+
+@cli.command(context_settings=CONTEXT)
 @click.argument("model", type=click.Path())
 @click.option("--target", type=str, required=True, help="jetson | mobile")
 @click.pass_obj

@@ -62,3 +62,30 @@ def test_set() -> tuple[torch.Tensor, torch.Tensor]:
     """Normalised test images and labels, for reporting accuracy only."""
     _, x_test, _, y_test = split()
     return normalize(x_test), torch.as_tensor(y_test, dtype=torch.long)
+
+
+def fine_tune(model: nn.Module, relabel: dict[int, int], epochs: int = 5, seed: int = 0) -> nn.Module:
+    """A changed teacher for update experiments: `model` fine-tuned on the training split with some
+    labels remapped (e.g. {1: 7, 7: 1} swaps two classes). Returns a new model in eval mode."""
+    import copy
+
+    import torch.nn.functional as F
+
+    torch.manual_seed(seed)
+    model = copy.deepcopy(model)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    x_train, _, y_train, _ = split()
+    xs = normalize(x_train)
+    ys = torch.as_tensor([relabel.get(int(y), int(y)) for y in y_train])
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(epochs):
+        model.train()
+        perm = torch.randperm(len(xs))
+        for i in range(0, len(xs), 64):
+            idx = perm[i : i + 64]
+            loss = F.cross_entropy(model(xs[idx]), ys[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval()
