@@ -6,6 +6,7 @@ Everything past `load_config` may trust the values it receives.
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -163,7 +164,13 @@ def _check_type(where: str, value: Any, annotation: Any) -> Any:
     if base == "float":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UsageError(f"config: {where} must be a number, got {value!r}")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
+            raise UsageError(f"config: {where} must be a finite number, got {value!r}")
+        return number
     if base == "str":
         if not isinstance(value, str):
             raise UsageError(f"config: {where} must be a string, got {value!r}")
@@ -229,10 +236,12 @@ def validate(cfg: RunConfig) -> RunConfig:
     if not 13 <= cfg.export.opset <= 21:
         raise UsageError(f"config: export.opset must be between 13 and 21 (Q/DQ needs >= 13), got {cfg.export.opset}")
     _positive("threads", cfg.threads)
+    if cfg.threads > 1024:
+        raise UsageError(f"config: threads must be at most 1024, got {cfg.threads}")
     if not 0 < cfg.student.ratio <= 1:
         raise UsageError(f"config: student.ratio must be in (0, 1], got {cfg.student.ratio}")
-    if cfg.seed < 0:
-        raise UsageError(f"config: seed must be >= 0, got {cfg.seed}")
+    if not 0 <= cfg.seed < 2**32:
+        raise UsageError(f"config: seed must be between 0 and {2**32 - 1}, got {cfg.seed}")
     t = cfg.teacher
     if t.builtin is not None:
         _choice("built-in teacher", t.builtin, ("digits",))
@@ -271,6 +280,8 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             file_values = tomllib.loads(p.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:
             raise UsageError(f"config file {path} is not valid TOML: {exc}") from exc
+        except RecursionError as exc:
+            raise UsageError(f"config file {path} is not valid TOML: nested too deeply") from exc
         except (UnicodeDecodeError, OSError) as exc:
             raise UsageError(f"config file {path} cannot be read: {exc}") from exc
         cfg_dir = str(p.resolve().parent)
