@@ -1,0 +1,190 @@
+"""Side-by-side benchmark of the distillation stage: replay modes x seeds (x tasks) in one invocation.
+
+    python benchmarks/distill.py --task digits --modes vae,memory,none --seeds 0,1
+    python benchmarks/distill.py --task mnist --mnist ../shared/data/mnist10k.npz
+    python benchmarks/distill.py --task digits --scenario forgetting
+
+Prints one table (one row per task x mode x seed) and a summary over seeds. Accuracy is measured on real
+held-out data only for reporting; distillation itself never sees it. The history's second half gives the
+robustness measures: expected accuracy (mean), variance and the largest drop between consecutive evaluations.
+
+Scenarios:
+  standard    the preset as is.
+  forgetting  a setting where catastrophic forgetting shows without replay: the generator loses its class-balance
+              term (so each phase covers few classes), the student learns with a constant, high learning rate,
+              and on MNIST the student is LeNet-5-quarter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+
+SCENARIOS = {
+    "standard": {},
+    "forgetting": {"distill.w_balance": 0.0, "distill.cosine_schedule": False, "distill.lr_student": 0.01},
+}
+
+
+def _value(text: str):
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _parse_sets(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise SystemExit(f"--set takes key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip()] = _value(value.strip())
+    return out
+
+
+def _task(name: str, cfg, mnist_path: Path, scenario: str):
+    """(teacher, student, shape, evaluate, teacher_accuracy)"""
+    from stages.distill.networks import build_student, param_count, student_spec
+
+    if name == "digits":
+        from pipeline.tasks import digits
+        from pipeline.teacher import load_teacher
+
+        teacher, spec = load_teacher(cfg)
+        xt, yt = digits.test_set()
+        student = build_student(student_spec(spec.input_shape, spec.num_classes, param_count(teacher), cfg.student.ratio))
+        shape = tuple(spec.input_shape)
+    else:
+        import mnist
+
+        teacher, _ = mnist.teacher(mnist_path)
+        _, xt, _, yt = mnist.load_split(mnist_path)
+        student = mnist.lenet5_quarter() if scenario == "forgetting" else mnist.lenet5_half()
+        shape = mnist.INPUT_SHAPE
+
+    @torch.no_grad()
+    def evaluate(model):
+        was = model.training
+        model.eval()
+        hits = sum((model(xt[i:i + 1000]).argmax(1) == yt[i:i + 1000]).sum().item() for i in range(0, len(xt), 1000))
+        model.train(was)
+        return hits / len(xt)
+
+    return teacher.eval(), student, shape, evaluate, evaluate(teacher)
+
+
+def run_one(task: str, mode: str, seed: int, preset: str, sets: dict, mnist_path: Path, scenario: str, out: Path) -> dict:
+    from pipeline.config import load_config
+    from stages.distill.engine import distill, expected_accuracy, largest_drop
+
+    overrides = {"preset": preset, **SCENARIOS[scenario], **sets, "distill.replay": mode}
+    cfg = load_config(overrides=overrides)
+    torch.manual_seed(seed)
+    teacher, student, shape, evaluate, teacher_acc = _task(task, cfg, mnist_path, scenario)
+    run_dir = out / f"{task}-{scenario}-{mode}-s{seed}"
+    res = distill(cfg.distill, teacher, student, shape, run_dir, torch.device("cpu"), seed=seed, evaluate=evaluate)
+    accs = [r["accuracy"] for r in res.history if r["accuracy"] is not None]
+    second = accs[len(accs) // 2:]
+    final = evaluate(res.student)
+    return {
+        "task": task, "scenario": scenario, "mode": mode, "seed": seed, "teacher": teacher_acc, "final": final,
+        "peak": max(accs), "expected": expected_accuracy(res.history),
+        "variance": statistics.pvariance(second) if len(second) > 1 else 0.0,
+        "largest_drop": largest_drop(res.history), "wall_s": res.wall_s, "it_per_s": res.iterations / res.wall_s,
+        "memory_bytes": res.memory.nbytes(), "iterations": res.iterations, "history": res.history,
+    }
+
+
+def table(rows: list[dict]) -> str:
+    head = ("| task | mode | seed | final | peak | expected | variance | largest drop | wall s | it/s | replay bytes | final/teacher |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|")
+    lines = [head]
+    for r in rows:
+        lines.append(f"| {r['task']}{'' if r['scenario'] == 'standard' else ' (' + r['scenario'] + ')'} | {r['mode']} | {r['seed']} "
+                     f"| {r['final']:.4f} | {r['peak']:.4f} | {r['expected']:.4f} | {r['variance']:.2e} | {r['largest_drop']:.4f} "
+                     f"| {r['wall_s']:.0f} | {r['it_per_s']:.2f} | {r['memory_bytes']:,} | {r['final'] / r['teacher']:.4f} |")
+    return "\n".join(lines)
+
+
+def summary(rows: list[dict]) -> str:
+    def ms(vals, fmt):
+        if len(vals) < 2:
+            return format(vals[0], fmt)
+        return f"{format(statistics.mean(vals), fmt)} ± {format(statistics.stdev(vals), fmt)}"
+
+    lines = ["| task | mode | seeds | final | expected | variance | largest drop | wall s | final/teacher |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["task"], r["scenario"], r["mode"]), []).append(r)
+    for (task, scenario, mode), rs in groups.items():
+        name = task if scenario == "standard" else f"{task} ({scenario})"
+        lines.append(f"| {name} | {mode} | {len(rs)} | {ms([r['final'] for r in rs], '.4f')} | {ms([r['expected'] for r in rs], '.4f')} "
+                     f"| {ms([r['variance'] for r in rs], '.2e')} | {ms([r['largest_drop'] for r in rs], '.4f')} "
+                     f"| {ms([r['wall_s'] for r in rs], '.0f')} | {ms([r['final'] / r['teacher'] for r in rs], '.4f')} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--task", choices=("digits", "mnist", "both"), default="digits")
+    ap.add_argument("--modes", default="vae,memory,none", help="comma-separated replay modes")
+    ap.add_argument("--seeds", default="0,1", help="comma-separated seeds")
+    ap.add_argument("--preset", default="default")
+    ap.add_argument("--scenario", choices=tuple(SCENARIOS), default="standard")
+    ap.add_argument("--mnist", type=Path, default=ROOT.parent / "shared" / "data" / "mnist10k.npz")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, e.g. distill.lr_student=0.001")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / ".cache" / "distill-runs")
+    ap.add_argument("--json", type=Path, default=None, help="also write all rows (with histories) here")
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    tasks = ["digits", "mnist"] if args.task == "both" else [args.task]
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    sets = _parse_sets(args.set)
+    if "mnist" in tasks:
+        import mnist
+
+        t0 = time.perf_counter()
+        _, acc = mnist.teacher(args.mnist)
+        print(f"MNIST LeNet-5 teacher: test accuracy {acc:.4f} ({time.perf_counter() - t0:.0f} s incl. training if not cached)", flush=True)
+    rows = []
+    for task in tasks:
+        for mode in modes:
+            for seed in seeds:
+                r = run_one(task, mode, seed, args.preset, sets, args.mnist, args.scenario, args.out)
+                print(f"  done {task}/{mode}/seed {seed}: final {r['final']:.4f} expected {r['expected']:.4f} "
+                      f"({r['wall_s']:.0f} s)", flush=True)
+                rows.append(r)
+    print()
+    print(table(rows))
+    print()
+    print("Summary over seeds (mean ± std):")
+    print()
+    print(summary(rows))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
