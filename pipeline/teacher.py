@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import operator
 import sys
 import warnings
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from pipeline.config import RunConfig, resolve_path
@@ -35,6 +37,16 @@ class TaskSpec:
     @property
     def is_image(self) -> bool:
         return len(self.input_shape) == 3
+
+
+_WARNED: set[str] = set()
+
+
+def warn_once(msg: str) -> None:
+    """A one-line warning on stderr, once per process (the teacher is loaded by every stage)."""
+    if msg not in _WARNED:
+        _WARNED.add(msg)
+        print(f"warning: {msg}", file=sys.stderr, flush=True)
 
 
 def resolve_callable(spec: str, base_dir: str | None = None, what: str = "factory") -> Callable:
@@ -115,15 +127,191 @@ def load_weights(model: nn.Module, path: Path, what: str = "teacher") -> None:
         raise UsageError(f"{what} weights {path.name} do not fit the model: {detail[:300]}") from exc
 
 
-def load_program(path: Path) -> nn.Module:
+class _ProgramBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """A BatchNorm call of a saved program as a module again, sharing the program's tensors, so the
+    BN-statistics hooks find it. Always the inference form: a teacher is frozen."""
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        pass
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+
+
+class _ProgramLinear(nn.Linear):
+    """A linear call of a saved program as an nn.Linear (shared tensors): the penultimate-feature hook."""
+
+    def __init__(self, weight: nn.Parameter, bias: nn.Parameter | None):
+        nn.Module.__init__(self)
+        self.in_features, self.out_features = weight.shape[1], weight.shape[0]
+        _attach(self, "weight", weight)
+        _attach(self, "bias", bias)
+
+
+def _attach(module: nn.Module, name: str, tensor: torch.Tensor | None) -> None:
+    """Share a program's tensor: a parameter stays one; a constant (TorchScript-converted) becomes a buffer."""
+    if name in module._parameters:
+        del module._parameters[name]
+    if tensor is None or isinstance(tensor, nn.Parameter):
+        module.register_parameter(name, tensor)
+    else:
+        module.register_buffer(name, tensor)
+
+
+class ProgramTeacher(nn.Module):
+    """A teacher from a program file: the graph of a torch.export program, with its BatchNorm and
+    linear calls lifted back into modules. Such a graph is fixed in inference mode, so train()/eval()
+    leave it alone."""
+
+    def __init__(self, graph: nn.Module, kind: str):
+        super().__init__()
+        self.program = graph
+        self.kind = kind
+
+    def train(self, mode: bool = True) -> "ProgramTeacher":
+        self.training = mode
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.program(x)
+
+
+def _get_attr(gm: nn.Module, node) -> torch.Tensor | None:
+    if node is None:
+        return None
+    if getattr(node, "op", None) != "get_attr":
+        raise ValueError(f"argument {node} is not a stored tensor")
+    value = gm
+    for part in str(node.target).split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _lift_modules(gm) -> tuple[int, int]:
+    """Replace aten batch_norm / linear calls in an exported graph by modules holding the same tensors."""
+    aten = torch.ops.aten
+    bn_ops = {aten.batch_norm.default: "batch_norm", aten._native_batch_norm_legit_no_training.default: "no_training"}
+    n_bn = n_linear = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function":
+            continue
+        try:
+            if node.target in bn_ops:
+                kind = bn_ops[node.target]
+                if kind == "batch_norm":
+                    x, w, b, rm, rv, training, _momentum, eps = node.args[:8]
+                    if training:
+                        continue
+                else:
+                    x, w, b, rm, rv, _momentum, eps = node.args[:7]
+                    if any(u.op != "call_function" or u.target is not operator.getitem or (u.args[1] != 0 and u.users)
+                           for u in node.users):
+                        continue  # the batch statistics outputs are used: not an inference-only call
+                weight, bias, mean, var = (_get_attr(gm, a) for a in (w, b, rm, rv))
+                if mean is None or var is None:
+                    continue
+                bn = _ProgramBatchNorm(mean.shape[0], eps=float(eps), affine=weight is not None)
+                if weight is not None:
+                    _attach(bn, "weight", weight)
+                    _attach(bn, "bias", bias)
+                bn.running_mean, bn.running_var = mean, var
+                name = f"lifted_bn_{n_bn}"
+                n_bn += 1
+                gm.add_submodule(name, bn)
+                with gm.graph.inserting_before(node):
+                    new = gm.graph.call_module(name, (x,))
+                if kind == "batch_norm":
+                    node.replace_all_uses_with(new)
+                else:
+                    for user in list(node.users):
+                        if user.args[1] == 0:
+                            user.replace_all_uses_with(new)
+                            gm.graph.erase_node(user)
+                        elif not user.users:
+                            gm.graph.erase_node(user)
+                gm.graph.erase_node(node)
+            elif node.target is aten.linear.default:
+                x, w = node.args[:2]
+                b = node.args[2] if len(node.args) > 2 else None
+                weight, bias = _get_attr(gm, w), _get_attr(gm, b)
+                if weight is None or weight.dim() != 2:
+                    continue
+                name = f"lifted_linear_{n_linear}"
+                n_linear += 1
+                gm.add_submodule(name, _ProgramLinear(weight, bias))
+                with gm.graph.inserting_before(node):
+                    new = gm.graph.call_module(name, (x,))
+                node.replace_all_uses_with(new)
+                gm.graph.erase_node(node)
+        except ValueError:  # a computed weight (not a stored tensor): leave the call as it is
+            continue
+    gm.graph.lint()
+    gm.recompile()
+    return n_bn, n_linear
+
+
+def _drop_guards(gm) -> None:
+    for node in list(gm.graph.nodes):
+        if node.op == "call_module" and str(node.target).startswith("_guards_fn"):
+            gm.graph.erase_node(node)
+    gm.recompile()
+
+
+def _from_exported(ep, input_shape: tuple[int, ...], origin: str) -> ProgramTeacher:
+    """An ExportedProgram -> a module that takes any batch size, with BN/linear calls lifted."""
+    from torch.export import Dim
+
+    gm = ep.module()
+    _drop_guards(gm)
+    example = torch.randn(2, *input_shape)
+    try:  # re-export with a dynamic batch: proves the graph holds no batch-size-specific shapes
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ep = torch.export.export(gm, (example,), dynamic_shapes=({0: Dim("batch", min=1)},), strict=False)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"teacher program {origin} does not take a batch of inputs of shape {list(input_shape)} "
+                         f"(export it with a dynamic batch dimension, e.g. dynamic_shapes={{'x': {{0: Dim('batch')}}}}): {first}") from exc
+    gm = ep.module()
+    _drop_guards(gm)  # the batch guard min=1 is what the pipeline gives anyway
+    _lift_modules(gm)
+    return ProgramTeacher(gm, "export")
+
+
+def load_program(path: Path, input_shape: tuple[int, ...] | None = None) -> nn.Module:
+    """A TorchScript file (torch.jit.save) or a torch.export program (.pt2, torch.export.save).
+
+    Both become a graph whose BatchNorm and linear calls are modules again, so the BN-statistics and
+    feature hooks work as for a factory teacher. A TorchScript file that cannot be converted runs as
+    it is, without those two loss terms (warned).
+    """
     if not path.is_file():
         raise UsageError(f"teacher program not found: {path}")
+    if path.suffix in (".pt2", ".ep"):
+        try:
+            ep = torch.export.load(str(path))
+        except Exception as exc:
+            raise UsageError(f"teacher program {path} cannot be loaded with torch.export.load: {str(exc).splitlines()[0][:200]}") from exc
+        return _from_exported(ep, tuple(input_shape), path.name) if input_shape else ep.module()
     try:
-        if path.suffix in (".pt2", ".ep"):
-            return torch.export.load(str(path)).module()
-        return torch.jit.load(str(path), map_location="cpu")
+        script = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:
-        raise UsageError(f"teacher program {path} cannot be loaded as TorchScript or torch.export: {str(exc).splitlines()[0][:200]}") from exc
+        raise UsageError(f"teacher program {path} cannot be loaded as TorchScript (or name a torch.export program .pt2): "
+                         f"{str(exc).splitlines()[0][:200]}") from exc
+    script.eval()
+    if not input_shape:
+        return script
+    try:
+        from torch._export.converter import TS2EPConverter
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ep = TS2EPConverter(script, (torch.randn(2, *input_shape),)).convert()
+        return _from_exported(ep, tuple(input_shape), path.name)
+    except Exception:
+        warn_once(f"teacher program {path.name}: this TorchScript could not be converted to a graph with hookable "
+                  "layers; running it as is, without the BN-statistics and feature terms")
+        return script
 
 
 def check_teacher(model: nn.Module, spec: TaskSpec) -> None:
@@ -158,14 +346,14 @@ def load_teacher(cfg: RunConfig) -> tuple[nn.Module, TaskSpec]:
                         digits.SCALE, "built-in digits teacher")
     else:
         if t.program:
-            model = load_program(resolve_path(cfg, t.program))
+            model = load_program(resolve_path(cfg, t.program), tuple(t.input_shape))
             source = f"program {t.program}"
         else:
             model = build_from_factory(t.factory, cfg.config_dir)
             if t.weights:
                 load_weights(model, resolve_path(cfg, t.weights))
             else:
-                warnings.warn("teacher has no 'weights': using the factory's own initialisation", stacklevel=1)
+                warn_once("teacher has no 'weights': using the factory's own initialisation")
             source = f"factory {t.factory}"
         spec = TaskSpec(tuple(t.input_shape), t.num_classes, t.classes, list(t.mean) or [0.0], list(t.std) or [1.0],
                         t.scale, source)
