@@ -6,6 +6,7 @@ Readers verify hashes before trusting a bundle (a tampered or truncated artifact
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -67,6 +68,7 @@ class Manifest:
 
 _REQUIRED = {"format_version": int, "target": str, "input": dict, "num_classes": int, "artifacts": list}
 _KNOWN = set(_REQUIRED) | {"pipeline_version", "created", "classes", "parent"}
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def parse_manifest(data: object) -> Manifest:
@@ -78,11 +80,23 @@ def parse_manifest(data: object) -> Manifest:
             raise UsageError(f"manifest.json: missing field '{key}'")
         if not isinstance(data[key], typ) or isinstance(data[key], bool):
             raise UsageError(f"manifest.json: field '{key}' must be {typ.__name__}")
+    if data["format_version"] < 1:
+        raise UsageError(f"manifest.json: format_version must be >= 1, got {data['format_version']}")
     if data["format_version"] > FORMAT_VERSION:
         raise UsageError(
             f"manifest.json: format_version {data['format_version']} is newer than this pipeline "
             f"understands ({FORMAT_VERSION}); upgrade the pipeline"
         )
+    for key in ("pipeline_version", "created", "parent"):
+        if data.get(key) is not None and not isinstance(data[key], str):
+            raise UsageError(f"manifest.json: field '{key}' must be a string")
+    if data.get("classes") is not None and not isinstance(data["classes"], list):
+        raise UsageError("manifest.json: field 'classes' must be a list or null")
+    if data["num_classes"] < 1:
+        raise UsageError(f"manifest.json: num_classes must be positive, got {data['num_classes']}")
+    shape = data["input"].get("shape")
+    if shape is not None and not isinstance(shape, list):
+        raise UsageError("manifest.json: input.shape must be a list")
     arts = []
     for i, a in enumerate(data["artifacts"]):
         if not isinstance(a, dict):
@@ -91,8 +105,12 @@ def parse_manifest(data: object) -> Manifest:
             if not isinstance(a.get(key), typ) or isinstance(a.get(key), bool):
                 raise UsageError(f"manifest.json: artifacts[{i}].{key} must be {typ.__name__}")
         p = Path(a["path"])
-        if p.is_absolute() or ".." in p.parts:
-            raise UsageError(f"manifest.json: artifacts[{i}].path must stay inside the bundle: {a['path']}")
+        if not a["path"].strip() or "\0" in a["path"] or p.is_absolute() or ".." in p.parts or p.as_posix() == ".":
+            raise UsageError(f"manifest.json: artifacts[{i}].path must name a file inside the bundle: {a['path']!r}")
+        if not _SHA256.fullmatch(a["sha256"]):
+            raise UsageError(f"manifest.json: artifacts[{i}].sha256 must be 64 lowercase hex digits")
+        if a["bytes"] < 0:
+            raise UsageError(f"manifest.json: artifacts[{i}].bytes must be >= 0")
         arts.append(Artifact(a["path"], a["role"], a["sha256"], a["bytes"]))
     return Manifest(
         target=data["target"],
@@ -102,8 +120,8 @@ def parse_manifest(data: object) -> Manifest:
         artifacts=arts,
         parent=data.get("parent"),
         format_version=data["format_version"],
-        pipeline_version=str(data.get("pipeline_version", "")),
-        created=str(data.get("created", "")),
+        pipeline_version=data.get("pipeline_version") or "",
+        created=data.get("created") or "",
         extra={k: v for k, v in data.items() if k not in _KNOWN},
     )
 
@@ -118,16 +136,23 @@ def read_manifest(bundle_dir: str | Path) -> Manifest:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"{path}: not valid JSON ({exc})") from exc
+    except RecursionError as exc:
+        raise UsageError(f"{path}: not valid JSON (nested too deeply)") from exc
+    except OSError as exc:
+        raise UsageError(f"{path} cannot be read: {exc.strerror or exc}") from exc
     return parse_manifest(data)
 
 
 def verify_bundle(bundle_dir: str | Path) -> Manifest:
     """Read the manifest and check every artifact's size and sha256; refuse a tampered bundle."""
     manifest = read_manifest(bundle_dir)
+    root = Path(bundle_dir).resolve()
     for a in manifest.artifacts:
         p = Path(bundle_dir) / a.path
         if not p.is_file():
-            raise RunError(f"bundle artifact missing: {a.path}")
+            raise RunError(f"bundle artifact missing: {a.path}; the bundle is incomplete, copy it again")
+        if not p.resolve().is_relative_to(root):
+            raise RunError(f"bundle artifact {a.path} links outside the bundle; refusing")
         if p.stat().st_size != a.bytes or sha256_file(p) != a.sha256:
             raise RunError(f"bundle artifact {a.path} does not match its sha256 in manifest.json (tampered or corrupt); refusing")
     return manifest

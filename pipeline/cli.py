@@ -82,6 +82,29 @@ def build_config(target, config_path, preset, device, seed, eval_set, replay, ca
     return load_config(config_path, overrides)
 
 
+_RESUME_FREE_OPTIONS = ("device", "threads")
+
+
+def config_for(target, out, resume: bool, kw: dict):
+    """The run's configuration; with --resume, the interrupted run's own (settings given again must match)."""
+    from pipeline.config import validate
+    from pipeline.orchestrate import resume_config
+
+    if not resume:
+        return build_config(target, **kw)
+    if not out:
+        raise UsageError("--resume needs --out DIR: the directory of the run to continue")
+    explicit = target is not None or any(v not in (None, ()) for k, v in kw.items() if k not in _RESUME_FREE_OPTIONS)
+    cfg = resume_config(Path(out), build_config(target, **kw) if explicit else None)
+    if cfg is None:  # nothing stored yet: a fresh run
+        return build_config(target, **kw)
+    if not explicit:
+        cfg.device = kw.get("device") or cfg.device
+        cfg.threads = kw.get("threads") or cfg.threads
+        validate(cfg)
+    return cfg
+
+
 def _default_out(target: str) -> Path:
     return Path("runs") / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{target}"
 
@@ -112,7 +135,7 @@ def run(obj, target, out, force, resume, **kw):
     from pipeline.orchestrate import run_all
     from pipeline.report import summary_table, latency_table
 
-    cfg = build_config(target, **kw)
+    cfg = config_for(target, out, resume, kw)
     out = Path(out) if out else _default_out(cfg.target)
     report = run_all(cfg, out, obj["console"], resume=resume, force=force)
     console = obj["console"]
@@ -132,7 +155,7 @@ def distill(obj, out, force, resume, target, **kw):
     """Stage 1: data-free distillation with generative pseudo replay."""
     from pipeline.orchestrate import prepare_out_dir, stage_distill
 
-    cfg = build_config(target, **kw)
+    cfg = config_for(target, out, resume, kw)
     out = Path(out)
     prepare_out_dir(out, force, resume)
     summary = stage_distill(cfg, out, resume, obj["console"])
@@ -199,11 +222,11 @@ def benchmark(obj, bundle, batch, threads, runs, duration, warmup):
 @click.pass_obj
 def build_engine(obj, bundle, profile):
     """On a machine with TensorRT (a Jetson): build the engine and measure it."""
-    from pipeline.bundle import read_manifest
+    from pipeline.bundle import verify_bundle
     from targets.base import RuntimeMissing
     from targets.registry import get_target
 
-    manifest = read_manifest(bundle)
+    manifest = verify_bundle(bundle)  # a tampered bundle is refused before anything in it is used
     if manifest.target != "jetson":
         raise UsageError(f"bundle {bundle} is for target '{manifest.target}'; build-engine needs a jetson bundle")
     try:
@@ -302,6 +325,12 @@ def doctor(obj):
     obj["console"].out.print("\n".join(lines), markup=False)
 
 
+def _one_line(message: str) -> str:
+    """Errors are one line: a multi-line message (a tool's output tail) is joined with '; '."""
+    parts = [ln.strip() for ln in str(message).strip().splitlines() if ln.strip()]
+    return "; ".join(parts) if parts else "failed"
+
+
 def main(argv=None) -> None:
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
@@ -310,14 +339,14 @@ def main(argv=None) -> None:
         click.echo("error: interrupted", err=True)
         sys.exit(130)
     except click.ClickException as exc:
-        click.echo(f"error: {exc.format_message()}", err=True)
+        click.echo(f"error: {_one_line(exc.format_message())}", err=True)
         sys.exit(2)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except PipelineError as exc:
         if debug:
             traceback.print_exc()
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {_one_line(str(exc))}", err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         click.echo("error: interrupted; rerun with --resume to continue from the last checkpoint", err=True)
@@ -329,7 +358,7 @@ def main(argv=None) -> None:
         if debug:
             traceback.print_exc()
         where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
-        click.echo(f"error: {exc.strerror or exc}{where}", err=True)
+        click.echo(f"error: {_one_line(exc.strerror or str(exc))}{where}", err=True)
         sys.exit(1)
     except Exception as exc:  # last resort: still one line, never a traceback without --debug
         if debug:

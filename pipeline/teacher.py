@@ -96,6 +96,8 @@ def build_from_factory(spec: str, base_dir: str | None, what: str = "teacher fac
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Read weights without executing code: safetensors, or a state_dict via weights_only unpickling."""
+    if path.is_dir():
+        raise UsageError(f"teacher weights {path} is a directory, not a weights file")
     if not path.is_file():
         raise UsageError(f"teacher weights not found: {path}")
     try:
@@ -107,8 +109,9 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     except PermissionError as exc:
         raise UsageError(f"teacher weights cannot be read: {path}") from exc
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UsageError(f"teacher weights {path} are corrupt or not a plain state_dict (code is never unpickled): {first[:200]}") from exc
+        from pipeline.fileio import torch_load_reason
+
+        raise UsageError(f"teacher weights {path} are corrupt or not a plain state_dict (code is never unpickled): {torch_load_reason(exc)}") from exc
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):

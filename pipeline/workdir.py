@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from pipeline.config import RunConfig, _apply, validate
-from pipeline.errors import UsageError
+from pipeline.errors import RunError, UsageError
 from pipeline.fileio import atomic_path, write_json
 
 RUN_FILE = "run.json"
@@ -32,9 +32,12 @@ def read_run(out_dir: Path) -> dict:
     if not path.is_file():
         raise UsageError(f"{out_dir} holds no pipeline run ({RUN_FILE} missing); run `pipeline distill --out {out_dir}` first")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"{path} is corrupt: {exc}") from exc
+        run = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise UsageError(f"{path} is corrupt ({str(exc)[:120]}); start again with --force") from exc
+    if not isinstance(run, dict) or not isinstance(run.get("config"), dict) or not isinstance(run.get("stages"), dict):
+        raise UsageError(f"{path} is corrupt (no 'config' and 'stages' objects); start again with --force")
+    return run
 
 
 def write_run(out_dir: Path, run: dict) -> None:
@@ -59,7 +62,15 @@ def save_module(module: nn.Module, path: Path) -> Path:
 def load_module(module: nn.Module, path: Path) -> nn.Module:
     if not Path(path).is_file():
         raise UsageError(f"missing {path.name} in {path.parent}: did the previous stage finish?")
-    module.load_state_dict(load_file(str(path)))
+    try:
+        state = load_file(str(path))
+    except Exception as exc:  # safetensors refuses anything that is not a well-formed header + tensors
+        raise RunError(f"{path} is corrupt ({str(exc).strip()[:120]}); rerun the stage that writes it") from exc
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        raise RunError(f"{path} does not fit the model it belongs to ({first[1].strip()[:160] if len(first) > 1 else first[0][:160]})") from exc
     return module
 
 
