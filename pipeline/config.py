@@ -66,7 +66,7 @@ class DistillConfig:
     adversarial: str = "js"  # js (PRE-DFKD) | l1 (DFAD)
     kd_loss: str = "kl"  # kl (converges faster on small students) | l1 on logits (DFAD, PRE-DFKD)
     w_adv: float = 1.0
-    w_bn: float = 1.0
+    w_bn: float = 10.0  # BN-statistics prior: the strongest single lever for realistic samples on small tasks
     w_balance: float = 5.0  # information entropy of the batch-mean prediction (DAFL)
     w_onehot: float = 1.0
     w_activation: float = 0.1

@@ -102,15 +102,15 @@ class VectorEncoder(nn.Module):
 class VAE(nn.Module):
     """The replay memory: learns the stream of synthetic samples; only its decoder is needed to replay."""
 
-    def __init__(self, shape: tuple[int, ...], latent_dim: int):
+    def __init__(self, shape: tuple[int, ...], latent_dim: int, width: int = 64):
         super().__init__()
         self.latent_dim = latent_dim
         if _is_image(shape):
-            self.encoder = ImageEncoder(shape, latent_dim)
-            self.decoder = ImageDecoder(latent_dim, shape, width=64)
+            self.encoder = ImageEncoder(shape, latent_dim, width=max(8, width // 2))
+            self.decoder = ImageDecoder(latent_dim, shape, width=width)
         else:
-            self.encoder = VectorEncoder(shape, latent_dim)
-            self.decoder = VectorDecoder(latent_dim, shape)
+            self.encoder = VectorEncoder(shape, latent_dim, width=4 * width)
+            self.decoder = VectorDecoder(latent_dim, shape, width=4 * width)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         mu, log_var = self.encoder(x)
