@@ -24,7 +24,7 @@ CONTEXT = {"help_option_names": ["-h", "--help"]}
 def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore")
     os.environ.setdefault("TORCHINDUCTOR_DISABLE", "1")
-    for name in ("nncf", "torch", "torchao", "onnxruntime"):
+    for name in ("nncf", "torch", "torch.utils._pytree", "torchao", "onnxruntime"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
@@ -87,11 +87,11 @@ _RESUME_FREE_OPTIONS = ("device", "threads")
 
 def config_for(target, out, resume: bool, kw: dict):
     """The run's configuration; with --resume, the interrupted run's own (settings given again must match)."""
+    if not resume:
+        return build_config(target, **kw)
     from pipeline.config import validate
     from pipeline.orchestrate import resume_config
 
-    if not resume:
-        return build_config(target, **kw)
     if not out:
         raise UsageError("--resume needs --out DIR: the directory of the run to continue")
     explicit = target is not None or any(v not in (None, ()) for k, v in kw.items() if k not in _RESUME_FREE_OPTIONS)
@@ -132,10 +132,11 @@ def cli(ctx, debug, quiet):
 @click.pass_obj
 def run(obj, target, out, force, resume, **kw):
     """All three stages: distill, quantize, export."""
+    cfg = config_for(target, out, resume, kw)  # usage errors surface before torch is imported
+
     from pipeline.orchestrate import run_all
     from pipeline.report import summary_table, latency_table
 
-    cfg = config_for(target, out, resume, kw)
     out = Path(out) if out else _default_out(cfg.target)
     report = run_all(cfg, out, obj["console"], resume=resume, force=force)
     console = obj["console"]
@@ -153,9 +154,10 @@ def run(obj, target, out, force, resume, **kw):
 @click.pass_obj
 def distill(obj, out, force, resume, target, **kw):
     """Stage 1: data-free distillation with generative pseudo replay."""
+    cfg = config_for(target, out, resume, kw)
+
     from pipeline.orchestrate import prepare_out_dir, stage_distill
 
-    cfg = config_for(target, out, resume, kw)
     out = Path(out)
     prepare_out_dir(out, force, resume)
     summary = stage_distill(cfg, out, resume, obj["console"])
