@@ -89,7 +89,8 @@ def _task(name: str, cfg, mnist_path: Path, scenario: str):
     return teacher.eval(), student, shape, evaluate, evaluate(teacher)
 
 
-def run_one(task: str, mode: str, seed: int, preset: str, sets: dict, mnist_path: Path, scenario: str, out: Path) -> dict:
+def run_one(task: str, mode: str, seed: int, preset: str, sets: dict, mnist_path: Path, scenario: str, out: Path,
+            verbose: bool = False) -> dict:
     from pipeline.config import load_config
     from stages.distill.engine import distill, expected_accuracy, largest_drop
 
@@ -98,7 +99,14 @@ def run_one(task: str, mode: str, seed: int, preset: str, sets: dict, mnist_path
     torch.manual_seed(seed)
     teacher, student, shape, evaluate, teacher_acc = _task(task, cfg, mnist_path, scenario)
     run_dir = out / f"{task}-{scenario}-{mode}-s{seed}"
-    res = distill(cfg.distill, teacher, student, shape, run_dir, torch.device("cpu"), seed=seed, evaluate=evaluate)
+
+    def progress(step, row):
+        if verbose and row and row["step"] == step:
+            print(f"    {task}/{mode}/seed {seed} step {step}: accuracy {row['accuracy']:.4f} agreement {row['agreement']:.3f} "
+                  f"({row['elapsed_s']:.0f} s)", file=sys.stderr, flush=True)
+
+    res = distill(cfg.distill, teacher, student, shape, run_dir, torch.device("cpu"), seed=seed, evaluate=evaluate,
+                  progress=progress)
     accs = [r["accuracy"] for r in res.history if r["accuracy"] is not None]
     second = accs[len(accs) // 2:]
     final = evaluate(res.student)
@@ -152,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, e.g. distill.lr_student=0.001")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / ".cache" / "distill-runs")
+    ap.add_argument("--quiet", action="store_true", help="no per-evaluation progress lines on stderr")
     ap.add_argument("--json", type=Path, default=None, help="also write all rows (with histories) here")
     args = ap.parse_args(argv)
 
@@ -170,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     for task in tasks:
         for mode in modes:
             for seed in seeds:
-                r = run_one(task, mode, seed, args.preset, sets, args.mnist, args.scenario, args.out)
+                r = run_one(task, mode, seed, args.preset, sets, args.mnist, args.scenario, args.out,
+                            verbose=not args.quiet)
                 print(f"  done {task}/{mode}/seed {seed}: final {r['final']:.4f} expected {r['expected']:.4f} "
                       f"({r['wall_s']:.0f} s)", flush=True)
                 rows.append(r)
