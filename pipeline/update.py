@@ -55,7 +55,8 @@ def update_bundle(bundle: Path, cfg: RunConfig, out: Path, console: Console, for
             from stages.distill.memory import VAEMemory
             from stages.distill.networks import VAE
 
-            vae = wd.load_module(VAE(tuple(vae_spec["input_shape"]), vae_spec["latent_dim"]), bundle / vae_art.path)
+            vae = VAE(tuple(vae_spec["input_shape"]), vae_spec["latent_dim"], width=vae_spec.get("width", 64))
+            vae = wd.load_module(vae, bundle / vae_art.path)
             memory = VAEMemory(vae.to(device), teacher, lr=cfg.distill.lr_vae, recon=cfg.distill.vae_recon)
             memory.updates = 1  # it has learned the old stream: replay from the first step
             return memory

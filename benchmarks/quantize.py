@@ -1,0 +1,138 @@
+"""INT8 from synthetic data: calibration source x task, before and after quantization-aware fine-tuning.
+
+    python benchmarks/quantize.py [--task digits|mnist|both] [--target jetson|mobile] [--preset default]
+                                  [--sources vae,generator,noise,real] [--mnist PATH]
+
+For each task a student is distilled once (default preset; cached under benchmarks/.cache/), then
+quantized from the same FP32 student with each calibration source: `vae`, `generator` and `noise`
+are what the pipeline can use; `real` (the task's training images) is the upper bound, here only.
+Accuracy is on the task's real test split, of the exported INT8 ONNX as onnxruntime runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from pipeline.config import load_config  # noqa: E402
+from pipeline.evaluation import onnx_accuracy  # noqa: E402
+from stages.distill.engine import distill  # noqa: E402
+from stages.distill.memory import VAEMemory  # noqa: E402
+from stages.onnx_tidy import tidy_qdq  # noqa: E402
+from stages.quantize import SCHEMES, export_onnx, quantize  # noqa: E402
+
+CACHE = Path(__file__).resolve().parent / ".cache"
+
+
+def task_parts(name: str, mnist_path: Path, cfg):
+    """(teacher, student, shape, x_train, x_test, y_test)"""
+    if name == "digits":
+        from pipeline.tasks import digits
+        from pipeline.teacher import load_teacher
+        from stages.distill.networks import build_student, param_count, student_spec
+
+        teacher, spec = load_teacher(cfg)
+        x_train_raw, _, _, _ = digits.split()
+        x_test, y_test = digits.test_set()
+        student = build_student(student_spec(spec.input_shape, spec.num_classes, param_count(teacher), cfg.student.ratio))
+        return teacher, student, tuple(spec.input_shape), digits.normalize(x_train_raw), x_test, y_test
+    import mnist
+
+    teacher, _ = mnist.teacher(mnist_path)
+    x_train, x_test, _, y_test = mnist.load_split(mnist_path)
+    return teacher.eval(), mnist.lenet5_half(), mnist.INPUT_SHAPE, x_train, x_test, y_test
+
+
+def distilled(name: str, preset: str, seed: int, mnist_path: Path):
+    cfg = load_config(overrides={"preset": preset, "seed": seed})
+    teacher, student, shape, x_train, x_test, y_test = task_parts(name, mnist_path, cfg)
+    out = CACHE / f"quantize-{name}-{preset}-s{seed}"
+    done = out / "distilled.pt"
+    torch.manual_seed(seed)
+    result = None
+    if done.is_file():
+        state = torch.load(done, map_location="cpu", weights_only=True)
+        from stages.distill.engine import build_memory
+        from stages.distill.networks import build_generator
+
+        student.load_state_dict(state["student"])
+        generator = build_generator(cfg.distill.latent_dim, shape, width=cfg.distill.generator_width)
+        generator.load_state_dict(state["generator"])
+        memory = build_memory(cfg.distill, shape, teacher, torch.device("cpu"))
+        memory.vae.load_state_dict(state["vae"])
+        memory.updates = 1
+    else:
+        t0 = time.perf_counter()
+        result = distill(cfg.distill, teacher, student, shape, out, torch.device("cpu"), seed=seed)
+        print(f"{name}: distilled in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        student, generator, memory = result.student, result.generator, result.memory
+        out.mkdir(parents=True, exist_ok=True)
+        torch.save({"student": student.state_dict(), "generator": generator.state_dict(),
+                    "vae": memory.vae.state_dict()}, done)
+    return cfg, teacher, student.eval(), generator.eval(), memory, shape, x_train, x_test, y_test
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--task", default="digits", choices=["digits", "mnist", "both"])
+    ap.add_argument("--target", default="jetson", choices=list(SCHEMES))
+    ap.add_argument("--preset", default="default")
+    ap.add_argument("--sources", default="vae,generator,noise,real")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--mnist", type=Path, default=Path(__file__).resolve().parent.parent.parent / "shared/data/mnist10k.npz")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    tasks = ["digits", "mnist"] if args.task == "both" else [args.task]
+    rows = []
+    for name in tasks:
+        cfg, teacher, student, generator, memory, shape, x_train, x_test, y_test = distilled(name, args.preset, args.seed, args.mnist)
+        q = cfg.quantize
+        example = torch.randn(1, *shape)
+        fp32_path = export_onnx(student, CACHE / f"{name}-fp32.onnx", example)
+        fp32 = onnx_accuracy(fp32_path, x_test, y_test)
+        gen = lambda n: generator(torch.randn(n, cfg.distill.latent_dim)).detach()  # noqa: E731
+        rng = np.random.default_rng(args.seed)
+        sources = {
+            "vae": memory.sample,
+            "generator": gen,
+            "noise": lambda n: torch.randn(n, *shape),
+            "real": lambda n: x_train[torch.as_tensor(rng.choice(len(x_train), n, replace=False))],
+        }
+
+        def qat_batch() -> torch.Tensor:
+            half = q.qat_batch // 2
+            return torch.cat([memory.sample(half), gen(q.qat_batch - half)])
+
+        for source in args.sources.split(","):
+            torch.manual_seed(args.seed)
+            batches = [sources[source](min(q.qat_batch, q.calibration_samples - i)) for i in range(0, q.calibration_samples, q.qat_batch)]
+            accs, times = [], []
+            for steps in (0, q.qat_steps):
+                cfg_q = type(q)(**{**q.__dict__, "qat_steps": steps})
+                t0 = time.perf_counter()
+                res = quantize(student, teacher, batches, qat_batch, cfg_q, SCHEMES[args.target], source, example,
+                               kd_loss=cfg.distill.kd_loss)
+                path = export_onnx(res.model, CACHE / f"{name}-{source}-{steps}.onnx", example)
+                tidy_qdq(path)
+                times.append(time.perf_counter() - t0)
+                accs.append(onnx_accuracy(path, x_test, y_test))
+            rows.append((name, source, fp32, accs[0], accs[1], times[0], times[1]))
+            print(f"{name} {source}: fp32 {fp32:.4f} calib-only {accs[0]:.4f} qat {accs[1]:.4f}", file=sys.stderr)
+
+    print(f"\nINT8 ({args.target} scheme) on synthetic calibration; real test-split accuracy of the ONNX models in onnxruntime\n")
+    print("| task   | calibration | FP32   | INT8 calib only | INT8 after QAT | QAT - FP32 (pt) | time calib s | time QAT s |")
+    print("|--------|-------------|--------|-----------------|----------------|-----------------|--------------|------------|")
+    for name, source, fp32, a0, a1, t0, t1 in rows:
+        print(f"| {name:<6} | {source + (' (bound)' if source == 'real' else ''):<11} | {fp32:.4f} | {a0:15.4f} | "
+              f"{a1:14.4f} | {100 * (a1 - fp32):+15.2f} | {t0:12.1f} | {t1:10.1f} |")
+
+
+if __name__ == "__main__":
+    main()
