@@ -85,12 +85,14 @@ def build_config(target, config_path, preset, device, seed, eval_set, replay, ca
 _RESUME_FREE_OPTIONS = ("device", "threads")
 
 
-def config_for(target, out, resume: bool, kw: dict):
+def config_for(target, out, resume: bool, kw: dict, force: bool = False):
     """The run's configuration; with --resume, the interrupted run's own (settings given again must match)."""
+    if force and resume:
+        raise UsageError("--force and --resume contradict each other: --force starts over, --resume continues")
     if not resume:
         return build_config(target, **kw)
     from pipeline.config import validate
-    from pipeline.orchestrate import resume_config
+    from pipeline.workdir import resume_config
 
     if not out:
         raise UsageError("--resume needs --out DIR: the directory of the run to continue")
@@ -132,12 +134,15 @@ def cli(ctx, debug, quiet):
 @click.pass_obj
 def run(obj, target, out, force, resume, **kw):
     """All three stages: distill, quantize, export."""
-    cfg = config_for(target, out, resume, kw)  # usage errors surface before torch is imported
+    from pipeline.workdir import prepare_out_dir
+
+    cfg = config_for(target, out, resume, kw, force)  # usage errors surface before torch is imported
+    out = Path(out) if out else _default_out(cfg.target)
+    prepare_out_dir(out, force, resume)
 
     from pipeline.orchestrate import run_all
     from pipeline.report import summary_table, latency_table
 
-    out = Path(out) if out else _default_out(cfg.target)
     report = run_all(cfg, out, obj["console"], resume=resume, force=force)
     console = obj["console"]
     console.out.print(summary_table(report))
@@ -154,12 +159,14 @@ def run(obj, target, out, force, resume, **kw):
 @click.pass_obj
 def distill(obj, out, force, resume, target, **kw):
     """Stage 1: data-free distillation with generative pseudo replay."""
-    cfg = config_for(target, out, resume, kw)
+    from pipeline.workdir import prepare_out_dir
 
-    from pipeline.orchestrate import prepare_out_dir, stage_distill
-
+    cfg = config_for(target, out, resume, kw, force)
     out = Path(out)
     prepare_out_dir(out, force, resume)
+
+    from pipeline.orchestrate import stage_distill
+
     summary = stage_distill(cfg, out, resume, obj["console"])
     last = summary["history"][-1] if summary["history"] else {}
     acc = f", accuracy {last['accuracy']:.4f}" if last.get("accuracy") is not None else ""
@@ -173,10 +180,11 @@ def distill(obj, out, force, resume, target, **kw):
 def quantize(obj, directory, target):
     """Stage 2: NNCF INT8, calibrated and fine-tuned on synthetic samples only."""
     from pipeline.config import TARGETS
-    from pipeline.orchestrate import stage_quantize
 
     if target is not None and target not in TARGETS:
         raise UsageError(f"unknown target '{target}'; choose one of: {', '.join(TARGETS)}")
+    from pipeline.orchestrate import stage_quantize
+
     s = stage_quantize(Path(directory), obj["console"], target)
     obj["console"].out.print(f"quantized ({s['scheme']}, calibration {s['calibration_source']}, {s['num_quantizers']} quantizers): "
                              f"INT8/FP32 agreement {s['int8_fp32_agreement']:.4f} -> {directory}")

@@ -265,7 +265,44 @@ def validate(cfg: RunConfig) -> RunConfig:
             raise UsageError("config: teacher.std values must be > 0")
         if t.scale <= 0:
             raise UsageError(f"config: teacher.scale must be > 0, got {t.scale}")
+        if t.factory:
+            _check_spec(cfg, "teacher factory", t.factory)
+        for name in ("weights", "program"):
+            if getattr(t, name):
+                _check_file(cfg, f"teacher {name}", getattr(t, name))
+    if cfg.student.arch != "auto":
+        _check_spec(cfg, "student factory", cfg.student.arch)
+    if cfg.student.weights:
+        _check_file(cfg, "student weights", cfg.student.weights)
     return cfg
+
+
+def _check_file(cfg: RunConfig, what: str, value: str) -> None:
+    """Files named in a config must exist before any work starts (a typo fails in a second, not after import)."""
+    try:
+        p = resolve_path(cfg, value)
+        is_dir, is_file = p.is_dir(), p.is_file()
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{what} path {value!r} is not usable: {exc}") from exc
+    if is_dir:
+        raise UsageError(f"{what} {p} is a directory, not a file")
+    if not is_file:
+        raise UsageError(f"{what} not found: {p}")
+
+
+def _check_spec(cfg: RunConfig, what: str, spec: str) -> None:
+    """'file.py:function' or 'package.module:function'; a file must exist (modules are imported later)."""
+    mod, _, attr = spec.rpartition(":")
+    if not mod.strip() or not attr.strip():
+        raise UsageError(f"{what} '{spec}' must look like 'file.py:function' or 'package.module:function'")
+    if mod.endswith(".py") or "/" in mod or "\\" in mod:
+        try:
+            p = resolve_path(cfg, mod)
+            ok = p.is_file()
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"{what} path {mod!r} is not usable: {exc}") from exc
+        if not ok:
+            raise UsageError(f"{what} file not found: {p}")
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:

@@ -8,8 +8,6 @@ export   -> target artifacts, manifest.json with sha256 of every artifact, laten
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import time
 import warnings
 from dataclasses import asdict
@@ -21,8 +19,9 @@ from pipeline import __version__
 from pipeline.bundle import MANIFEST, Manifest, write_manifest
 from pipeline.config import RunConfig, to_dict
 from pipeline.errors import RunError, UsageError
-from pipeline.fileio import remove_stale_temporaries, write_json
+from pipeline.fileio import write_json
 from pipeline import workdir as wd
+from pipeline.workdir import prepare_out_dir, resume_config  # noqa: F401  (part of this module's interface)
 from pipeline.teacher import TaskSpec, build_from_factory, has_batchnorm, load_teacher, load_weights
 from pipeline.ui import Console
 
@@ -41,79 +40,6 @@ def set_up(cfg: RunConfig) -> torch.device:
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     return resolve_device(cfg.device)
-
-
-def prepare_out_dir(out: Path, force: bool, resume: bool) -> None:
-    """Refuse to mix two runs in one directory unless asked to overwrite or resume.
-
-    --force clears a previous pipeline run (a directory with run.json) and nothing else: a directory
-    holding other files is never emptied. --resume keeps the run and drops temporaries a killed
-    process left behind.
-    """
-    if force and resume:
-        raise UsageError("--force and --resume contradict each other: --force starts over, --resume continues")
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} exists and is not a directory")
-    try:
-        holds_files = out.is_dir() and any(out.iterdir())
-    except OSError as exc:
-        raise UsageError(f"--out {out} cannot be read: {exc.strerror or exc}") from exc
-    is_run = (out / wd.RUN_FILE).is_file()
-    if holds_files and not is_run and (force or resume):
-        raise UsageError(f"--out {out} holds files that are not a pipeline run (no {wd.RUN_FILE}); "
-                         f"{'--force' if force else '--resume'} only applies to a previous run: choose a new or empty directory")
-    if holds_files and not (force or resume):
-        raise UsageError(f"--out {out} already holds a run; pass --force to overwrite or --resume to continue that run")
-    try:
-        if force and is_run:
-            for child in out.iterdir():  # only a previous pipeline run's contents are cleared
-                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
-        if resume and is_run:
-            remove_stale_temporaries(out)
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test.", suffix=".tmp") as f:
-            f.write(b"x")
-            f.flush()
-    except OSError as exc:
-        raise UsageError(f"--out {out} is not writable: {exc.strerror or exc}") from exc
-
-
-# Settings that may differ between an interrupted run and its --resume: they change where and how
-# fast it runs, not what it computes.
-_RESUME_FREE = {"device", "threads"}
-
-
-def _diff(a: dict, b: dict, prefix: str = "") -> list[tuple[str, object, object]]:
-    out = []
-    for key in sorted(set(a) | set(b)):
-        va, vb = a.get(key), b.get(key)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out += _diff(va, vb, f"{prefix}{key}.")
-        elif va != vb:
-            out.append((f"{prefix}{key}", va, vb))
-    return out
-
-
-def resume_config(out: Path, cfg: RunConfig | None) -> RunConfig | None:
-    """The configuration a `--resume` continues with: the interrupted run's own.
-
-    cfg=None (no settings given on the command line) takes the stored one; a cfg that differs from it
-    in anything but device/threads is refused, naming the first difference. Returns `cfg` unchanged
-    when `out` holds no run yet (nothing to resume: the caller starts afresh).
-    """
-    if not (out / wd.RUN_FILE).is_file():
-        return cfg
-    run = wd.read_run(out)
-    stored = wd.config_from_dict(run["config"])
-    if cfg is None:
-        return stored
-    diffs = [d for d in _diff(to_dict(stored), to_dict(cfg)) if d[0] not in _RESUME_FREE]
-    if diffs:
-        key, was, now = diffs[0]
-        raise UsageError(f"--resume: {out} was started with {key} = {was!r}, not {now!r}; resume with the same "
-                         f"settings (or none: the run's own are used), or start over with --force")
-    stored.device, stored.threads = cfg.device, cfg.threads
-    return stored
 
 
 def task_dict(spec: TaskSpec) -> dict:
@@ -183,7 +109,8 @@ def stage_distill(cfg: RunConfig, out: Path, resume: bool, console: Console, mem
     wd.save_module(result.generator, out / wd.GENERATOR)
     if result.vae is not None:
         wd.save_module(result.vae, out / wd.VAE_FILE)
-        write_json(out / wd.VAE_SPEC, {"input_shape": list(spec.input_shape), "latent_dim": result.vae.latent_dim})
+        write_json(out / wd.VAE_SPEC, {"input_shape": list(spec.input_shape), "latent_dim": result.vae.latent_dim,
+                                       "width": cfg.distill.generator_width})
     summary = {
         "replay": cfg.distill.replay,
         "replay_memory_bytes": result.memory.nbytes(),
@@ -211,11 +138,13 @@ def _load_stage_models(out: Path, run: dict, cfg: RunConfig, device: torch.devic
     teacher, spec = load_teacher(cfg)
     teacher.to(device)
     student = wd.load_module(rebuild_student(json.loads((out / wd.STUDENT_SPEC).read_text())), out / wd.STUDENT).to(device).eval()
-    generator = wd.load_module(build_generator(cfg.distill.latent_dim, spec.input_shape), out / wd.GENERATOR).to(device).eval()
+    generator = build_generator(cfg.distill.latent_dim, spec.input_shape, width=cfg.distill.generator_width)
+    generator = wd.load_module(generator, out / wd.GENERATOR).to(device).eval()
     vae = None
     if (out / wd.VAE_FILE).is_file():
         vspec = json.loads((out / wd.VAE_SPEC).read_text())
-        vae = wd.load_module(VAE(tuple(vspec["input_shape"]), vspec["latent_dim"]), out / wd.VAE_FILE).to(device).eval()
+        vae = VAE(tuple(vspec["input_shape"]), vspec["latent_dim"], width=vspec.get("width", 64))
+        vae = wd.load_module(vae, out / wd.VAE_FILE).to(device).eval()
     return teacher, spec, student, generator, vae
 
 

@@ -6,15 +6,17 @@ run.json holds the resolved config and each finished stage's summary; model file
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from safetensors.torch import load_file, save_file
-from torch import nn
-
-from pipeline.config import RunConfig, _apply, validate
+from pipeline.config import RunConfig, _apply, to_dict, validate
 from pipeline.errors import RunError, UsageError
-from pipeline.fileio import atomic_path, write_json
+from pipeline.fileio import atomic_path, remove_stale_temporaries, write_json
+
+if TYPE_CHECKING:  # torch loads only when a model is saved or read: bad requests fail fast
+    from torch import nn
 
 RUN_FILE = "run.json"
 STUDENT = "student.safetensors"
@@ -54,6 +56,8 @@ def config_from_dict(d: dict) -> RunConfig:
 
 
 def save_module(module: nn.Module, path: Path) -> Path:
+    from safetensors.torch import save_file
+
     with atomic_path(path) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, str(tmp))
     return Path(path)
@@ -62,6 +66,8 @@ def save_module(module: nn.Module, path: Path) -> Path:
 def load_module(module: nn.Module, path: Path) -> nn.Module:
     if not Path(path).is_file():
         raise UsageError(f"missing {path.name} in {path.parent}: did the previous stage finish?")
+    from safetensors.torch import load_file
+
     try:
         state = load_file(str(path))
     except Exception as exc:  # safetensors refuses anything that is not a well-formed header + tensors
@@ -81,5 +87,85 @@ def require(out_dir: Path, run: dict, stage: str) -> None:
 
 
 def torch_save_atomic(obj, path: Path) -> None:
+    import torch
+
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
+
+
+# ---- output directories ------------------------------------------------------------------------
+
+
+def prepare_out_dir(out: Path, force: bool, resume: bool) -> None:
+    """Refuse to mix two runs in one directory unless asked to overwrite or resume.
+
+    --force clears a previous pipeline run (a directory with run.json) and nothing else: a directory
+    holding other files is never emptied. --resume keeps the run and drops temporaries a killed
+    process left behind.
+    """
+    if force and resume:
+        raise UsageError("--force and --resume contradict each other: --force starts over, --resume continues")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} exists and is not a directory")
+    try:
+        holds_files = out.is_dir() and any(out.iterdir())
+    except OSError as exc:
+        raise UsageError(f"--out {out} cannot be read: {exc.strerror or exc}") from exc
+    is_run = (out / RUN_FILE).is_file()
+    if holds_files and not is_run and (force or resume):
+        raise UsageError(f"--out {out} holds files that are not a pipeline run (no {RUN_FILE}); "
+                         f"{'--force' if force else '--resume'} only applies to a previous run: choose a new or empty directory")
+    if holds_files and not (force or resume):
+        if not is_run:
+            raise UsageError(f"--out {out} already holds files that are not a pipeline run; choose a new or empty directory")
+        raise UsageError(f"--out {out} already holds a run; pass --force to overwrite or --resume to continue that run")
+    try:
+        if force and is_run:
+            for child in out.iterdir():  # only a previous pipeline run's contents are cleared
+                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+        if resume and is_run:
+            remove_stale_temporaries(out)
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test.", suffix=".tmp") as f:
+            f.write(b"x")
+            f.flush()
+    except OSError as exc:
+        raise UsageError(f"--out {out} is not writable: {exc.strerror or exc}") from exc
+
+
+# Settings that may differ between an interrupted run and its --resume: they change where and how
+# fast it runs, not what it computes.
+_RESUME_FREE = {"device", "threads"}
+
+
+def _diff(a: dict, b: dict, prefix: str = "") -> list[tuple[str, object, object]]:
+    out = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _diff(va, vb, f"{prefix}{key}.")
+        elif va != vb:
+            out.append((f"{prefix}{key}", va, vb))
+    return out
+
+
+def resume_config(out: Path, cfg: RunConfig | None) -> RunConfig | None:
+    """The configuration a `--resume` continues with: the interrupted run's own.
+
+    cfg=None (no settings given on the command line) takes the stored one; a cfg that differs from it
+    in anything but device/threads is refused, naming the first difference. Returns `cfg` unchanged
+    when `out` holds no run yet (nothing to resume: the caller starts afresh).
+    """
+    if not (out / RUN_FILE).is_file():
+        return cfg
+    run = read_run(out)
+    stored = config_from_dict(run["config"])
+    if cfg is None:
+        return stored
+    diffs = [d for d in _diff(to_dict(stored), to_dict(cfg)) if d[0] not in _RESUME_FREE]
+    if diffs:
+        key, was, now = diffs[0]
+        raise UsageError(f"--resume: {out} was started with {key} = {was!r}, not {now!r}; resume with the same "
+                         f"settings (or none: the run's own are used), or start over with --force")
+    stored.device, stored.threads = cfg.device, cfg.threads
+    return stored
