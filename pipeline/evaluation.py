@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Callable
 
@@ -45,8 +44,9 @@ def read_npz(path: str | Path, spec) -> tuple[torch.Tensor, torch.Tensor]:
         raise UsageError(f"eval data {path} is not a readable .npz: {str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}") from exc
     if len(x) != len(y) or len(y) == 0:
         raise UsageError(f"eval data {path}: x has {len(x)} rows, y has {len(y)}; need the same, non-zero count")
-    if math.prod(x.shape[1:]) != math.prod(shape):
-        raise UsageError(f"eval data {path}: samples of shape {list(x.shape[1:])} do not fit the teacher's input {list(shape)}")
+    fits = tuple(x.shape[1:]) == tuple(shape) or (len(shape) == 3 and shape[0] == 1 and tuple(x.shape[1:]) == tuple(shape[1:]))
+    if not fits:  # same layout only: a reshape would silently scramble e.g. HWC images into CHW
+        raise UsageError(f"eval data {path}: samples of shape {list(x.shape[1:])} do not match the teacher's input {list(shape)}")
     if not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= num_classes:
         raise UsageError(f"eval data {path}: y must be integer labels in 0..{num_classes - 1}")
     return normalize(x, shape, scale, mean, std), torch.as_tensor(y.astype(np.int64))

@@ -350,6 +350,8 @@ def load_teacher(cfg: RunConfig) -> tuple[nn.Module, TaskSpec]:
     else:
         if t.program:
             model = load_program(resolve_path(cfg, t.program), tuple(t.input_shape))
+            if t.weights:
+                warn_once(f"teacher 'weights' ignored: the program {t.program} carries its own")
             source = f"program {t.program}"
         else:
             model = build_from_factory(t.factory, cfg.config_dir)

@@ -269,3 +269,26 @@ def test_teacher_without_batchnorm_warns_once_and_factory_student_without_bn(tmp
     assert err.count("BN-statistics term is dropped") == 1, err
     _check_bundle(out, (3, 15, 9), 5)
     assert json.loads((out / "student.json").read_text())["family"] == "factory"
+
+
+def test_eval_npz_is_normalised_per_channel_and_checked(tmp_path):
+    from pipeline.evaluation import eval_set
+
+    spec = {"input_shape": [3, 4, 6], "num_classes": 3, "scale": 0.5, "mean": [1.0, 2.0, 3.0], "std": [1.0, 2.0, 4.0]}
+    x = np.full((2, 3, 4, 6), 10.0, dtype=np.float32)
+    np.savez(tmp_path / "ok.npz", x=x, y=np.array([0, 2]))
+    xs, ys, what = eval_set(str(tmp_path / "ok.npz"), spec)
+    assert what.startswith("ok.npz (2 samples") and ys.tolist() == [0, 2]
+    assert [float(xs[0, c, 0, 0]) for c in range(3)] == [4.0, 1.5, 0.5]  # (10 * 0.5 - mean) / std
+    for name, arrays, match in [("hwc", {"x": x.transpose(0, 2, 3, 1), "y": np.array([0, 2])}, "do not match"),
+                                ("nolabels", {"x": x}, "needs arrays"),
+                                ("range", {"x": x, "y": np.array([0, 3])}, "labels in 0..2")]:
+        np.savez(tmp_path / f"{name}.npz", **arrays)
+        with pytest.raises(UsageError, match=match):
+            eval_set(str(tmp_path / f"{name}.npz"), spec)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[eval]\ndata = "ok.npz"\n')
+    assert load_config(cfg).eval == str(tmp_path / "ok.npz")  # relative to the config file
+    cfg.write_text('[eval]\nfile = "ok.npz"\n')
+    with pytest.raises(UsageError, match=r"\[eval\] takes one key"):
+        load_config(cfg)
