@@ -253,6 +253,30 @@ def _lift_modules(gm) -> tuple[int, int]:
     return n_bn, n_linear
 
 
+def _promote_weights(gm) -> int:
+    """A TorchScript program converts with its weights as buffers; make them parameters again (not the
+    BatchNorm running statistics), so the teacher's size, which sizes an auto student, is counted."""
+    if any(True for _ in gm.parameters()):
+        return 0
+    stats = set()
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and "batch_norm" in str(node.target):
+            stats.update(str(a.target) for a in node.args[3:5] if getattr(a, "op", None) == "get_attr")
+    promoted = 0
+    for node in gm.graph.nodes:
+        target = str(node.target)
+        if node.op != "get_attr" or target in stats:
+            continue
+        owner_name, _, leaf = target.rpartition(".")
+        owner = gm.get_submodule(owner_name) if owner_name else gm
+        tensor = owner._buffers.get(leaf)
+        if tensor is not None and tensor.is_floating_point():
+            del owner._buffers[leaf]
+            owner.register_parameter(leaf, nn.Parameter(tensor, requires_grad=False))
+            promoted += 1
+    return promoted
+
+
 def _drop_guards(gm) -> None:
     for node in list(gm.graph.nodes):
         if node.op == "call_module" and str(node.target).startswith("_guards_fn"):
@@ -277,6 +301,7 @@ def _from_exported(ep, input_shape: tuple[int, ...], origin: str) -> ProgramTeac
                          f"(export it with a dynamic batch dimension, e.g. dynamic_shapes={{'x': {{0: Dim('batch')}}}}): {first}") from exc
     gm = ep.module()
     _drop_guards(gm)  # the batch guard min=1 is what the pipeline gives anyway
+    _promote_weights(gm)
     _lift_modules(gm)
     return ProgramTeacher(gm, "export")
 

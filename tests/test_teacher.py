@@ -153,6 +153,7 @@ def test_program_teacher_has_hookable_layers_and_input_gradients(conv_teacher, n
     with torch.no_grad():
         torch.testing.assert_close(teacher(x), model(x), atol=1e-4, rtol=1e-4)
     assert has_batchnorm(teacher)
+    assert param_count(teacher) == param_count(model)  # what sizes an auto student
     bn, feats = BNStatistics(teacher), PenultimateFeatures(teacher)
     assert len(bn.layers) == 2
     xi = x.clone().requires_grad_(True)  # the generator's gradient flows through the frozen teacher
