@@ -326,7 +326,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             table = file_values["eval"]
             if set(table) != {"data"} or not isinstance(table["data"], str):
                 raise UsageError("config: [eval] takes one key, data = \"FILE.npz\" (arrays x raw, y labels)")
-            data = Path(table["data"]).expanduser()
+            data = _expand(table["data"], "eval data")
             file_values["eval"] = str(data if data.is_absolute() else Path(cfg_dir) / data)
         if "teacher" in file_values and isinstance(file_values["teacher"], dict) and "builtin" not in file_values["teacher"]:
             file_values["teacher"] = {"builtin": None, **file_values["teacher"]}
@@ -344,6 +344,10 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         node = nested
         for part in parts[:-1]:
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UsageError(f"config: '{key}' conflicts with another setting of '{part}'")
+        if isinstance(node.get(parts[-1]), dict):
+            raise UsageError(f"config: '{key}' conflicts with settings inside it")
         node[parts[-1]] = value
     _apply(cfg, nested, "")
     cfg.preset = preset
@@ -355,10 +359,17 @@ def resolve_path(cfg: RunConfig, value: str | None) -> Path | None:
     """Relative paths in a config resolve against the config file's folder."""
     if value is None:
         return None
-    p = Path(value).expanduser()
+    p = _expand(value, "path")
     if not p.is_absolute() and cfg.config_dir:
         p = Path(cfg.config_dir) / p
     return p
+
+
+def _expand(value: str, what: str) -> Path:
+    try:
+        return Path(value).expanduser()
+    except (RuntimeError, ValueError) as exc:  # "~nobody/x": no such home directory
+        raise UsageError(f"config: {what} {value!r} cannot be resolved: {exc}") from exc
 
 
 def to_dict(cfg: RunConfig) -> dict:
