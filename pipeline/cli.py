@@ -266,6 +266,8 @@ def update(obj, bundle, out, force, **kw):
     cfg = build_config(None, **kw)
     bundle = Path(bundle)
     out = Path(out) if out else default_update_out(bundle)
+    if out.resolve() == bundle.resolve():
+        raise UsageError("update writes a new bundle: --out must differ from BUNDLE (the parent stays as it is)")
     report = update_bundle(bundle, cfg, out, obj["console"], force=force)
     obj["console"].out.print(summary_table(report))
     obj["console"].out.print(f"updated bundle: {out} (parent {report['parent'][:12]})")

@@ -129,3 +129,13 @@ def test_other_tampering_refused(bundle_copy, tmp_path):
     # a manifest whose hash is not a sha256
     _edit_manifest(b, lambda m: _art(m, "student-int8-onnx").update(path="student_int8.onnx", sha256="abc"))
     assert_one_line_error(run_cli("benchmark", str(b), timeout=120), 2, "sha256 must be 64 lowercase hex digits")
+
+
+def test_update_never_overwrites_its_parent(bundle_copy, tmp_path):
+    new = tmp_path / "new.toml"
+    new.write_text('[teacher]\nfactory = "pipeline.tasks.digits:build_teacher"\ninput_shape = [1, 8, 8]\nnum_classes = 10\n')
+    r = run_cli("update", str(bundle_copy), "--config", str(new), "--out", str(bundle_copy), "--force", timeout=180)
+    assert_one_line_error(r, 2, "--out must differ from BUNDLE")
+    from pipeline.bundle import verify_bundle
+
+    verify_bundle(bundle_copy)  # intact
