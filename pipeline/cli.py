@@ -119,8 +119,15 @@ def _default_out(target: str) -> Path:
 def cli(ctx, debug, quiet):
     """Data-free distillation, INT8 quantization and export for edge targets."""
     from pipeline.ui import Console
+    from pipeline.world import DISTRIBUTED_COMMANDS, world_from_env
 
-    ctx.obj = {"debug": debug, "console": Console(quiet=quiet)}
+    world = world_from_env()
+    if world.distributed and ctx.invoked_subcommand not in DISTRIBUTED_COMMANDS:
+        raise UsageError(f"only {' and '.join(DISTRIBUTED_COMMANDS)} run under torchrun (distillation is what is shared); "
+                         f"run `pipeline {ctx.invoked_subcommand}` as one process")
+    # Under torchrun rank 0 speaks for the run; the other ranks only report errors.
+    console = Console(quiet=quiet) if world.is_main else Console(quiet=True, warnings=False)
+    ctx.obj = {"debug": debug, "console": console, "world": world}
     if not debug:
         _quiet_libraries()
 
@@ -138,12 +145,15 @@ def run(obj, target, out, force, resume, **kw):
 
     cfg = config_for(target, out, resume, kw, force)  # usage errors surface before torch is imported
     out = Path(out) if out else _default_out(cfg.target)
-    prepare_out_dir(out, force, resume)
+    if obj["world"].is_main:
+        prepare_out_dir(out, force, resume)
 
     from pipeline.orchestrate import run_all
     from pipeline.report import summary_table, latency_table
 
     report = run_all(cfg, out, obj["console"], resume=resume, force=force)
+    if report is None:  # another rank of a torchrun: its share of distillation is done
+        return
     console = obj["console"]
     console.out.print(summary_table(report))
     console.out.print(latency_table(report["latency"], report.get("accuracy")))
@@ -163,11 +173,14 @@ def distill(obj, out, force, resume, target, **kw):
 
     cfg = config_for(target, out, resume, kw, force)
     out = Path(out)
-    prepare_out_dir(out, force, resume)
+    if obj["world"].is_main:
+        prepare_out_dir(out, force, resume)
 
     from pipeline.orchestrate import stage_distill
 
     summary = stage_distill(cfg, out, resume, obj["console"])
+    if summary is None:  # another rank of a torchrun
+        return
     last = summary["history"][-1] if summary["history"] else {}
     acc = f", accuracy {last['accuracy']:.4f}" if last.get("accuracy") is not None else ""
     obj["console"].out.print(f"distilled in {summary['wall_s']} s: teacher agreement {last.get('agreement', 0):.4f}{acc} -> {out}")

@@ -24,6 +24,7 @@ from pipeline import workdir as wd
 from pipeline.workdir import prepare_out_dir, resume_config  # noqa: F401  (part of this module's interface)
 from pipeline.teacher import TaskSpec, build_from_factory, has_batchnorm, load_teacher, load_weights
 from pipeline.ui import Console
+from pipeline.world import world_from_env
 
 # ---- set-up ---------------------------------------------------------------------------------------
 
@@ -72,18 +73,23 @@ def rebuild_student(spec: dict) -> torch.nn.Module:
 
 
 def stage_distill(cfg: RunConfig, out: Path, resume: bool, console: Console, memory_factory=None,
-                  student_from: tuple[dict, Path] | None = None) -> dict:
+                  student_from: tuple[dict, Path] | None = None) -> dict | None:
     """Stage 1. For an update, `student_from` is (spec, weights) of the deployed student and
-    `memory_factory(teacher, device)` rebuilds the shipped VAE memory around the new teacher."""
+    `memory_factory(teacher, device)` rebuilds the shipped VAE memory around the new teacher.
+    Under torchrun every process trains; rank 0 writes and gets the summary, the others get None."""
     from pipeline.evaluation import check_compatible, evaluator
+    from stages.distill import parallel
     from stages.distill.engine import distill
     from stages.distill.networks import param_count
 
-    device = set_up(cfg)
+    world = world_from_env()
+    device = parallel.start(world, set_up(cfg))
     teacher, spec = load_teacher(cfg)
     check_compatible(cfg.eval, spec.input_shape, spec.num_classes, spec)
     if cfg.distill.w_bn and not has_batchnorm(teacher):
         console.warn("teacher has no BatchNorm layers: the BN-statistics term is dropped")
+    if cfg.distill.batch_size < world.size:
+        raise UsageError(f"distill.batch_size {cfg.distill.batch_size} is smaller than the {world.size} processes sharing it")
     if student_from is not None:
         s_spec, weights = student_from
         student = wd.load_module(rebuild_student(s_spec), weights)
@@ -91,19 +97,32 @@ def stage_distill(cfg: RunConfig, out: Path, resume: bool, console: Console, mem
         student, s_spec = student_for(cfg, teacher, spec)
     memory = memory_factory(teacher, device) if memory_factory is not None else None
     run = {"pipeline_version": __version__, "config": to_dict(cfg), "task": task_dict(spec), "stages": {}}
-    if resume and (out / wd.RUN_FILE).is_file():
-        run = wd.read_run(out)
-        if "distill" in run.get("stages", {}):
-            console.info("distill: already finished in this directory, skipping")
-            return run["stages"]["distill"]
-    wd.write_run(out, run)
+    finished = None
+    if world.is_main:
+        if resume and (out / wd.RUN_FILE).is_file():
+            run = wd.read_run(out)
+            finished = run.get("stages", {}).get("distill")
+        if finished is None:
+            wd.write_run(out, run)
+    finished = parallel.broadcast(finished, world)
+    if finished is not None:
+        console.info("distill: already finished in this directory, skipping")
+        parallel.stop(world)
+        return finished if world.is_main else None
 
-    evaluate = evaluator(cfg.eval, spec)
+    evaluate = evaluator(cfg.eval, spec) if world.is_main else None
+    across = f", {world.size} processes" if world.distributed else ""
     console.info(f"distill: {spec.source} -> student with {param_count(student):,} parameters "
-                 f"(teacher {param_count(teacher):,}), replay={cfg.distill.replay}, device={device}")
-    with console.progress("distill", cfg.distill.iterations) as advance:
-        result = distill(cfg.distill, teacher, student, spec.input_shape, out / "distill", device, seed=cfg.seed,
-                         evaluate=evaluate, resume=resume, progress=lambda step, row: advance(step, row), memory=memory)
+                 f"(teacher {param_count(teacher):,}), replay={cfg.distill.replay}, device={device}{across}")
+    try:
+        with console.progress("distill", cfg.distill.iterations) as advance:
+            result = distill(cfg.distill, teacher, student, spec.input_shape, out / "distill", device, seed=cfg.seed,
+                             evaluate=evaluate, resume=resume, progress=lambda step, row: advance(step, row),
+                             memory=memory, world=world)
+    finally:
+        parallel.stop(world)
+    if not world.is_main:
+        return None
     wd.save_module(result.student, out / wd.STUDENT)
     write_json(out / wd.STUDENT_SPEC, s_spec)
     wd.save_module(result.generator, out / wd.GENERATOR)
@@ -121,6 +140,7 @@ def stage_distill(cfg: RunConfig, out: Path, resume: bool, console: Console, mem
         "teacher_params": param_count(teacher),
         "resumed_from": result.resumed_from,
         "device": str(device),
+        "processes": world.size,
     }
     run["stages"]["distill"] = summary
     wd.write_run(out, run)
@@ -310,10 +330,14 @@ def stage_export(out: Path, console: Console, target_name: str | None = None, pa
     return report
 
 
-def run_all(cfg: RunConfig, out: Path, console: Console, resume: bool = False, force: bool = False) -> dict:
-    prepare_out_dir(out, force, resume)
+def run_all(cfg: RunConfig, out: Path, console: Console, resume: bool = False, force: bool = False) -> dict | None:
+    """All three stages. Under torchrun only distillation is shared: ranks other than 0 return None after it."""
+    main = world_from_env().is_main
+    if main:
+        prepare_out_dir(out, force, resume)
     t0 = time.perf_counter()
-    stage_distill(cfg, out, resume, console)
+    if stage_distill(cfg, out, resume, console) is None and not main:
+        return None
     run = wd.read_run(out)
     if not (resume and "quantize" in run["stages"] and run["config"]["target"] == cfg.target):
         stage_quantize(out, console, cfg.target)

@@ -11,11 +11,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 
 class Console:
-    def __init__(self, quiet: bool = False):
+    def __init__(self, quiet: bool = False, warnings: bool = True):
         self.err = RichConsole(stderr=True, highlight=False)
         # Pipes and CI logs get a wide table rather than rich's 80-column default.
         self.out = RichConsole(highlight=False, width=None if sys.stdout.isatty() else 160)
         self.quiet = quiet
+        self.warnings = warnings
         self._said: set[str] = set()
 
     def info(self, msg: str) -> None:
@@ -23,7 +24,7 @@ class Console:
             self.err.print(msg, markup=False)
 
     def warn(self, msg: str) -> None:
-        if msg not in self._said:  # say each thing once
+        if self.warnings and msg not in self._said:  # say each thing once
             self._said.add(msg)
             self.err.print(f"warning: {msg}", style="yellow", markup=False)
 

@@ -21,9 +21,10 @@ from torch import nn
 from pipeline.config import DistillConfig
 from pipeline.errors import RunError, UsageError
 from pipeline.fileio import atomic_path
-from stages.distill import criteria
+from stages.distill import criteria, parallel
 from stages.distill.memory import NoReplay, ReservoirMemory, VAEMemory
 from stages.distill.networks import VAE, build_generator
+from pipeline.world import SINGLE, World
 from stages.distill.probes import agreement, synthesize_probes
 
 CHECKPOINT = "checkpoint.pt"
@@ -70,9 +71,11 @@ def _finite(value: torch.Tensor, what: str, step: int, out_dir: Path) -> None:
 def distill(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, shape: tuple[int, ...], out_dir: Path,
             device: torch.device, seed: int = 0, evaluate: Callable[[nn.Module], float] | None = None,
             resume: bool = False, progress: Callable[[int, dict], None] | None = None,
-            memory=None) -> DistillResult:
-    """Distil `teacher` into `student` without data. `memory` may carry an existing (shipped) VAE memory."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+            memory=None, world: World = SINGLE) -> DistillResult:
+    """Distil `teacher` into `student` without data. `memory` may carry an existing (shipped) VAE memory.
+    Under torchrun (`world` of several processes) every rank calls this; rank 0 evaluates and checkpoints."""
+    if world.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     teacher = teacher.to(device).eval()
     student = student.to(device)
@@ -81,8 +84,12 @@ def distill(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, shape: t
     opt_s = _student_optimizer(cfg, student)
     opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.lr_generator, betas=(0.5, 0.999))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt_s, T_max=cfg.iterations) if cfg.cosine_schedule else None
-    probes, probe_labels = synthesize_probes(teacher, shape, _num_classes(teacher, shape, device),
-                                             cfg.probe_per_class, seed=seed + 1234, device=device)
+    probes, probe_labels = None, None
+    if world.is_main:
+        probes, probe_labels = synthesize_probes(teacher, shape, _num_classes(teacher, shape, device),
+                                                 cfg.probe_per_class, seed=seed + 1234, device=device)
+    if world.distributed:
+        torch.manual_seed(seed + 7919 * world.rank)  # same initial weights (DDP checks), own sample streams
     bn = criteria.BNStatistics(teacher)
     feats = criteria.PenultimateFeatures(teacher)
     weights = {"adversarial": cfg.w_adv, "bn": cfg.w_bn if bn.layers else 0.0, "balance": cfg.w_balance,
@@ -91,8 +98,9 @@ def distill(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, shape: t
     start, elapsed_before, resumed_from = 0, 0.0, None
 
     ckpt_path = out_dir / CHECKPOINT
-    if resume and ckpt_path.exists():
-        state = _load_checkpoint(ckpt_path)
+    found = parallel.broadcast(resume and world.is_main and ckpt_path.exists(), world)
+    if found:
+        state = parallel.broadcast(_load_checkpoint(ckpt_path) if world.is_main else None, world)
         student.load_state_dict(state["student"])
         generator.load_state_dict(state["generator"])
         memory.load_state_dict(state["memory"])
@@ -103,15 +111,27 @@ def distill(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, shape: t
         history = list(state["history"])
         start = resumed_from = int(state["iteration"])
         elapsed_before = float(state["elapsed"])
-        torch.set_rng_state(state["rng"])
+        rngs = state.get("rng_ranks") or [state["rng"]]
+        if len(rngs) == world.size:
+            torch.set_rng_state(rngs[world.rank])
+        else:  # resumed with another process count: fresh, still reproducible streams
+            torch.manual_seed(seed + 7919 * world.rank + start)
+
+    # Several processes: DDP averages gradients of what each rank trains; the bare modules stay for
+    # everything that needs no synchronisation (the student judged by the generator, sampling, eval).
+    student_train = parallel.wrap(student, world, device)
+    generator_train = parallel.wrap(generator, world, device)
+    if isinstance(memory, VAEMemory):
+        memory.trainer = parallel.wrap(memory.vae, world, device)
+    batch, replay_batch = world.share(cfg.batch_size), world.share(cfg.replay_batch)
 
     t0 = time.perf_counter()
     for it in range(start, cfg.iterations):
         # 1. Generator: explore where student and teacher disagree, on teacher-plausible inputs.
         generator.train()
         student.eval()
-        z = torch.randn(cfg.batch_size, cfg.latent_dim, device=device)
-        x = generator(z)
+        z = torch.randn(batch, cfg.latent_dim, device=device)
+        x = generator_train(z)
         with bn:
             t_logits = teacher(x)
             bn_loss = bn.loss()
@@ -132,12 +152,12 @@ def distill(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, shape: t
         student.train()
         for k in range(cfg.kd_steps):
             with torch.no_grad():
-                x_new = generator(torch.randn(cfg.batch_size, cfg.latent_dim, device=device))
-            replay = memory.sample(cfg.replay_batch)
+                x_new = generator(torch.randn(batch, cfg.latent_dim, device=device))
+            replay = memory.sample(replay_batch)
             x_all = x_new if replay is None else torch.cat([x_new, replay])
             with torch.no_grad():
                 t_all = teacher(x_all)  # one teacher pass serves the student and the memory
-            loss_s = criteria.kd_loss(cfg.kd_loss, student(x_all), t_all, cfg.kd_temperature)
+            loss_s = criteria.kd_loss(cfg.kd_loss, student_train(x_all), t_all, cfg.kd_temperature)
             _finite(loss_s, "student loss", it, out_dir)
             opt_s.zero_grad(set_to_none=True)
             loss_s.backward()
@@ -149,20 +169,26 @@ def distill(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, shape: t
             sched.step()
 
         step = it + 1
-        if step % cfg.eval_every == 0 or step == cfg.iterations:
+        if world.is_main and (step % cfg.eval_every == 0 or step == cfg.iterations):
             row = {"step": step, "agreement": agreement(student, probes, probe_labels),
                    "accuracy": evaluate(student) if evaluate else None,
                    "loss_student": float(loss_s.detach()), "loss_generator": float(loss_g.detach()),
                    "elapsed_s": round(elapsed_before + time.perf_counter() - t0, 3)}
             history.append(row)
-        if progress:
+        if progress and world.is_main:
             progress(step, history[-1] if history else {})
         if step % cfg.checkpoint_every == 0 and step < cfg.iterations:
-            _save_checkpoint(ckpt_path, step, student, generator, memory, opt_s, opt_g, sched, history,
-                             elapsed_before + time.perf_counter() - t0)
+            rngs = parallel.gather(torch.get_rng_state(), world)  # every rank's stream, for an exact resume
+            if world.is_main:
+                _save_checkpoint(ckpt_path, step, student, generator, memory, opt_s, opt_g, sched, history,
+                                 elapsed_before + time.perf_counter() - t0, rngs)
     bn.remove()
     feats.remove()
     student.eval()
+    parallel.check_in_sync({"student": student, "generator": generator,
+                            **({"vae": memory.vae} if isinstance(memory, VAEMemory) else {})}, world)
+    if isinstance(memory, VAEMemory):
+        memory.trainer = memory.vae  # the DDP wrapper dies with the process group
     return DistillResult(student, generator, memory, history, elapsed_before + time.perf_counter() - t0,
                          cfg.iterations, resumed_from)
 
@@ -172,11 +198,12 @@ def _num_classes(teacher: nn.Module, shape: tuple[int, ...], device: torch.devic
         return int(teacher(torch.zeros(2, *shape, device=device)).shape[1])
 
 
-def _save_checkpoint(path: Path, step: int, student, generator, memory, opt_s, opt_g, sched, history, elapsed) -> None:
+def _save_checkpoint(path: Path, step: int, student, generator, memory, opt_s, opt_g, sched, history, elapsed,
+                     rngs: list[torch.Tensor]) -> None:
     state = {"iteration": step, "student": student.state_dict(), "generator": generator.state_dict(),
              "memory": memory.state_dict(), "opt_s": opt_s.state_dict(), "opt_g": opt_g.state_dict(),
              "sched": sched.state_dict() if sched is not None else {}, "history": history,
-             "elapsed": elapsed, "rng": torch.get_rng_state()}
+             "elapsed": elapsed, "rng": rngs[0], "rng_ranks": rngs}
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 

@@ -95,6 +95,7 @@ class VAEMemory:
                  kld_weight: float = 1e-3, z_steps: int = 1, z_lr: float = 0.05, balanced: bool = True,
                  rehearse: bool = True, features: bool = False):
         self.vae, self.teacher = vae, teacher
+        self.trainer: nn.Module = vae  # what `observe` trains through: the VAE, or its DDP wrapper under torchrun
         self.opt = torch.optim.Adam(vae.parameters(), lr=lr)
         self.recon, self.kld_weight = recon, kld_weight
         self.z_steps, self.z_lr = z_steps, z_lr
@@ -146,7 +147,7 @@ class VAEMemory:
             x = torch.cat([x[:half], rehearsal.detach()])  # rehearse own samples: nothing is forgotten
             logits = torch.cat([logits[:half], rehearsal_logits]) if logits is not None and rehearsal_logits is not None else None
         self.vae.train()
-        recon, mu, log_var = self.vae(x)
+        recon, mu, log_var = self.trainer(x)
         loss = torch.zeros((), device=x.device)
         if "pixel" in self.recon:
             loss = loss + F.l1_loss(recon, x)
