@@ -48,10 +48,28 @@ PLOT_DIR = "report_plots"
 
 _ACCURACY_ROWS = (("teacher", "Teacher"), ("student_fp32", "Student FP32"), ("student_int8", "Student INT8"))
 _QUANT_LABELS = {
+    "scheme": "Q/DQ scheme",
     "calibration_source": "Calibration source",
+    "calibration_samples": "Calibration samples",
+    "qat_steps": "QAT steps",
     "num_quantizers": "Quantizers",
     "int8_fp32_agreement": "INT8 vs FP32 agreement",
+    "teacher_agreement_fp32": "Teacher agreement, FP32",
+    "teacher_agreement_int8": "Teacher agreement, INT8",
+    "onnx_torch_int8_agreement": "INT8 ONNX vs torch agreement",
+    "probe_samples": "Synthetic probes",
+    "wall_s": "Wall time (s)",
 }
+_QUANT_PCT = ("int8_fp32_agreement", "teacher_agreement_fp32", "teacher_agreement_int8", "onnx_torch_int8_agreement")
+
+
+def _compact(v) -> str:
+    """Nested values (Q/DQ counts, tidy actions) as 'key: value' pairs instead of a Python repr."""
+    if isinstance(v, dict):
+        return ", ".join(f"{k}: {_compact(x)}" for k, x in v.items()) or "—"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
 
 
 # ---------- formatting (pure) ----------
@@ -162,8 +180,8 @@ def sections(report: dict) -> list[Section]:
         for k, label in _QUANT_LABELS.items():
             if k in quant:
                 v = quant[k]
-                rows.append([label, _pct(v) if k == "int8_fp32_agreement" else str(v)])
-        rows += [[k, str(v)] for k, v in quant.items() if k not in _QUANT_LABELS]
+                rows.append([label, _pct(v) if k in _QUANT_PCT else _compact(v)])
+        rows += [[k.replace("_", " "), _compact(v)] for k, v in quant.items() if k not in _QUANT_LABELS]
         out.append(Section("Quantization", ["Field", "Value"], rows))
 
     lat = _rows(report.get("latency"))
@@ -226,7 +244,7 @@ def plot_distillation(history: list[dict]) -> bytes | None:
         ax.plot(*zip(*acc), marker="o", label="student accuracy")
     ax.set(xlabel="distillation step", ylabel="fraction", ylim=(0, 1.02), title="Distillation progress")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="best")  # wherever the curves are not
     return _png(fig)
 
 
