@@ -43,12 +43,14 @@ def main() -> None:
         if args.only and task != args.only:
             continue
         out = work / "runs" / task
-        cmd = [sys.executable, "-m", "pipeline.cli", "run", "--target", target, "--config", f"{task}.toml",
-               "--preset", args.preset, "--seed", str(args.seed), "--out", str(out), "--force", "--quiet"]
+        cmd = [sys.executable, "-m", "pipeline.cli", "--quiet", "run", "--target", target, "--config", f"{task}.toml",
+               "--preset", args.preset, "--seed", str(args.seed), "--out", str(out), "--force"]
         for s in args.sets:
             cmd += ["--set", s]
         t0 = time.perf_counter()
-        subprocess.run(cmd, cwd=work, check=True, stdout=subprocess.DEVNULL)
+        done = subprocess.run(cmd, cwd=work, stdout=subprocess.DEVNULL)
+        if done.returncode != 0:
+            raise SystemExit(f"{task}: `pipeline run` failed with exit {done.returncode} (its error is above)")
         report = json.loads((out / "report.json").read_text())
         acc = report["accuracy"]
         d = report["distillation"]

@@ -3,7 +3,8 @@
     python benchmarks/quantize.py [--task digits|mnist|both] [--target jetson|mobile] [--preset default]
                                   [--sources vae,generator,noise,real] [--mnist PATH]
 
-For each task a student is distilled once (default preset; cached under benchmarks/.cache/), then
+For each task a student is distilled once (default preset; cached under benchmarks/.cache/, where
+`benchmarks/distill.py` also leaves its `vae` students of the standard scenario), then
 quantized from the same FP32 student with each calibration source: `vae`, `generator` and `noise`
 are what the pipeline can use; `real` (the task's training images) is the upper bound, here only.
 Accuracy is on the task's real test split, of the exported INT8 ONNX as onnxruntime runs it.
