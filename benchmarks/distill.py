@@ -111,10 +111,9 @@ def run_one(task: str, mode: str, seed: int, preset: str, sets: dict, mnist_path
                   progress=progress)
     if mode == "vae" and scenario == "standard" and not sets:
         # The same student the quantize benchmark would distil (same preset, seed, settings): leave it there.
-        cache = Path(__file__).resolve().parent / ".cache" / f"quantize-{task}-{preset}-s{seed}"
-        cache.mkdir(parents=True, exist_ok=True)
-        torch.save({"student": res.student.state_dict(), "generator": res.generator.state_dict(),
-                    "vae": res.memory.vae.state_dict()}, cache / "distilled.pt")
+        from quantize import distilled_path, save_distilled
+
+        save_distilled(distilled_path(task, preset, seed), res.student, res.generator, res.memory.vae)
     accs = [r["accuracy"] for r in res.history if r["accuracy"] is not None]
     second = accs[len(accs) // 2:]
     final = evaluate(res.student)

@@ -51,11 +51,21 @@ def task_parts(name: str, mnist_path: Path, cfg):
     return teacher.eval(), mnist.lenet5_half(), mnist.INPUT_SHAPE, x_train, x_test, y_test
 
 
+def distilled_path(task: str, preset: str, seed: int) -> Path:
+    """Where a distilled student (with its generator and VAE) for this task, preset and seed is cached."""
+    return CACHE / f"quantize-{task}-{preset}-s{seed}" / "distilled.pt"
+
+
+def save_distilled(path: Path, student, generator, vae) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"student": student.state_dict(), "generator": generator.state_dict(), "vae": vae.state_dict()}, path)
+
+
 def distilled(name: str, preset: str, seed: int, mnist_path: Path):
     cfg = load_config(overrides={"preset": preset, "seed": seed})
     teacher, student, shape, x_train, x_test, y_test = task_parts(name, mnist_path, cfg)
-    out = CACHE / f"quantize-{name}-{preset}-s{seed}"
-    done = out / "distilled.pt"
+    done = distilled_path(name, preset, seed)
+    out = done.parent
     torch.manual_seed(seed)
     result = None
     if done.is_file():
@@ -74,9 +84,7 @@ def distilled(name: str, preset: str, seed: int, mnist_path: Path):
         result = distill(cfg.distill, teacher, student, shape, out, torch.device("cpu"), seed=seed)
         print(f"{name}: distilled in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
         student, generator, memory = result.student, result.generator, result.memory
-        out.mkdir(parents=True, exist_ok=True)
-        torch.save({"student": student.state_dict(), "generator": generator.state_dict(),
-                    "vae": memory.vae.state_dict()}, done)
+        save_distilled(done, student, generator, memory.vae)
     return cfg, teacher, student.eval(), generator.eval(), memory, shape, x_train, x_test, y_test
 
 

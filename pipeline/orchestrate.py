@@ -336,7 +336,8 @@ def run_all(cfg: RunConfig, out: Path, console: Console, resume: bool = False, f
     if main:
         prepare_out_dir(out, force, resume)
     t0 = time.perf_counter()
-    if stage_distill(cfg, out, resume, console) is None and not main:
+    stage_distill(cfg, out, resume, console)
+    if not main:
         return None
     run = wd.read_run(out)
     if not (resume and "quantize" in run["stages"] and run["config"]["target"] == cfg.target):

@@ -21,10 +21,10 @@ from torch import nn
 from pipeline.config import DistillConfig
 from pipeline.errors import RunError, UsageError
 from pipeline.fileio import atomic_path
+from pipeline.world import SINGLE, World
 from stages.distill import criteria, parallel
 from stages.distill.memory import NoReplay, ReservoirMemory, VAEMemory
 from stages.distill.networks import VAE, build_generator
-from pipeline.world import SINGLE, World
 from stages.distill.probes import agreement, synthesize_probes
 
 CHECKPOINT = "checkpoint.pt"
@@ -89,7 +89,7 @@ def distill(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, shape: t
         probes, probe_labels = synthesize_probes(teacher, shape, _num_classes(teacher, shape, device),
                                                  cfg.probe_per_class, seed=seed + 1234, device=device)
     if world.distributed:
-        torch.manual_seed(seed + 7919 * world.rank)  # same initial weights (DDP checks), own sample streams
+        torch.manual_seed(_rank_seed(seed, world))  # same initial weights (DDP checks), own sample streams
     bn = criteria.BNStatistics(teacher)
     feats = criteria.PenultimateFeatures(teacher)
     weights = {"adversarial": cfg.w_adv, "bn": cfg.w_bn if bn.layers else 0.0, "balance": cfg.w_balance,
@@ -98,9 +98,9 @@ def distill(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, shape: t
     start, elapsed_before, resumed_from = 0, 0.0, None
 
     ckpt_path = out_dir / CHECKPOINT
-    found = parallel.broadcast(resume and world.is_main and ckpt_path.exists(), world)
-    if found:
-        state = parallel.broadcast(_load_checkpoint(ckpt_path) if world.is_main else None, world)
+    found = resume and world.is_main and ckpt_path.exists()
+    state = parallel.broadcast(_load_checkpoint(ckpt_path) if found else None, world)  # rank 0 reads for all
+    if state is not None:
         student.load_state_dict(state["student"])
         generator.load_state_dict(state["generator"])
         memory.load_state_dict(state["memory"])
@@ -115,7 +115,7 @@ def distill(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, shape: t
         if len(rngs) == world.size:
             torch.set_rng_state(rngs[world.rank])
         else:  # resumed with another process count: fresh, still reproducible streams
-            torch.manual_seed(seed + 7919 * world.rank + start)
+            torch.manual_seed(_rank_seed(seed, world) + start)
 
     # Several processes: DDP averages gradients of what each rank trains; the bare modules stay for
     # everything that needs no synchronisation (the student judged by the generator, sampling, eval).
@@ -191,6 +191,11 @@ def distill(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, shape: t
         memory.trainer = memory.vae  # the DDP wrapper dies with the process group
     return DistillResult(student, generator, memory, history, elapsed_before + time.perf_counter() - t0,
                          cfg.iterations, resumed_from)
+
+
+def _rank_seed(seed: int, world: World) -> int:
+    """Each process draws its own samples; a prime stride keeps the ranks' streams apart for nearby seeds."""
+    return seed + 7919 * world.rank
 
 
 def _num_classes(teacher: nn.Module, shape: tuple[int, ...], device: torch.device) -> int:

@@ -48,10 +48,6 @@ def wrap(module: nn.Module, world: World, device: torch.device) -> nn.Module:
     return DistributedDataParallel(module, device_ids=ids)
 
 
-def unwrap(module: nn.Module) -> nn.Module:
-    return module.module if isinstance(module, DistributedDataParallel) else module
-
-
 def gather(obj, world: World) -> list:
     """Every rank's `obj`, in rank order, on every rank (one process: [obj])."""
     if not world.distributed:
