@@ -60,8 +60,8 @@ def _parse_sets(items: list[str]) -> dict:
     return out
 
 
-def _task(name: str, cfg, mnist_path: Path, scenario: str):
-    """(teacher, student, shape, evaluate, teacher_accuracy)"""
+def _task(name: str, cfg, mnist_path: Path, scenario: str, device: torch.device):
+    """(teacher, student, shape, evaluate, teacher_accuracy), models and test split on `device`."""
     from stages.distill.networks import build_student, param_count, student_spec
 
     if name == "digits":
@@ -79,6 +79,7 @@ def _task(name: str, cfg, mnist_path: Path, scenario: str):
         _, xt, _, yt = mnist.load_split(mnist_path)
         student = mnist.lenet5_quarter() if scenario == "forgetting" else mnist.lenet5_half()
         shape = mnist.INPUT_SHAPE
+    teacher, student, xt, yt = teacher.to(device), student.to(device), xt.to(device), yt.to(device)
 
     @torch.no_grad()
     def evaluate(model):
@@ -92,14 +93,14 @@ def _task(name: str, cfg, mnist_path: Path, scenario: str):
 
 
 def run_one(task: str, mode: str, seed: int, preset: str, sets: dict, mnist_path: Path, scenario: str, out: Path,
-            verbose: bool = False) -> dict:
+            verbose: bool = False, device: torch.device = torch.device("cpu")) -> dict:
     from pipeline.config import load_config
     from stages.distill.engine import distill, expected_accuracy, largest_drop
 
     overrides = {"preset": preset, **SCENARIOS[scenario], **sets, "distill.replay": mode}
     cfg = load_config(overrides=overrides)
     torch.manual_seed(seed)
-    teacher, student, shape, evaluate, teacher_acc = _task(task, cfg, mnist_path, scenario)
+    teacher, student, shape, evaluate, teacher_acc = _task(task, cfg, mnist_path, scenario, device)
     run_dir = out / f"{task}-{scenario}-{mode}-s{seed}"
 
     def progress(step, row):
@@ -107,9 +108,9 @@ def run_one(task: str, mode: str, seed: int, preset: str, sets: dict, mnist_path
             print(f"    {task}/{mode}/seed {seed} step {step}: accuracy {row['accuracy']:.4f} agreement {row['agreement']:.3f} "
                   f"({row['elapsed_s']:.0f} s)", file=sys.stderr, flush=True)
 
-    res = distill(cfg.distill, teacher, student, shape, run_dir, torch.device("cpu"), seed=seed, evaluate=evaluate,
+    res = distill(cfg.distill, teacher, student, shape, run_dir, device, seed=seed, evaluate=evaluate,
                   progress=progress)
-    if mode == "vae" and scenario == "standard" and not sets:
+    if mode == "vae" and scenario == "standard" and not sets and device.type == "cpu":
         # The same student the quantize benchmark would distil (same preset, seed, settings): leave it there.
         from quantize import distilled_path, save_distilled
 
@@ -166,12 +167,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mnist", type=Path, default=ROOT.parent / "shared" / "data" / "mnist10k.npz")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, e.g. distill.lr_student=0.001")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: the same runs on the first GPU")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / ".cache" / "distill-runs")
     ap.add_argument("--quiet", action="store_true", help="no per-evaluation progress lines on stderr")
     ap.add_argument("--json", type=Path, default=None, help="also write all rows (with histories) here")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA GPU is visible to torch here")
+    device = torch.device(args.device)
     tasks = ["digits", "mnist"] if args.task == "both" else [args.task]
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -187,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         for mode in modes:
             for seed in seeds:
                 r = run_one(task, mode, seed, args.preset, sets, args.mnist, args.scenario, args.out,
-                            verbose=not args.quiet)
+                            verbose=not args.quiet, device=device)
                 print(f"  done {task}/{mode}/seed {seed}: final {r['final']:.4f} expected {r['expected']:.4f} "
                       f"({r['wall_s']:.0f} s)", flush=True)
                 rows.append(r)

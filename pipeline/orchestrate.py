@@ -7,6 +7,7 @@ export   -> target artifacts, manifest.json with sha256 of every artifact, laten
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 import warnings
@@ -219,7 +220,9 @@ def stage_quantize(out: Path, console: Console, target: str | None = None) -> di
 
     example = torch.randn(1, *spec.input_shape)
     scheme = SCHEMES[cfg.target]
-    teacher_cpu = teacher.cpu()
+    # QAT and export run on the CPU (the NNCF path this project verifies); a copy keeps the synthetic
+    # sources' teacher on `device` (Module.cpu() moves in place).
+    teacher_cpu = copy.deepcopy(teacher).cpu()
     with console.progress("quantize (QAT)", q.qat_steps) as advance:
         result = quantize(student.cpu(), teacher_cpu, batches, qat_batch, q, scheme, calibration, example,
                           kd_loss=cfg.distill.kd_loss, progress=lambda step: advance(step, {}))

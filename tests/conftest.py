@@ -23,7 +23,7 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 300, env: dict |
 @pytest.fixture(scope="session")
 def jetson_bundle(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bundles") / "jetson"
-    r = run_cli("run", "--target", "jetson", "--preset", "smoke", "--eval", "digits", "--out", str(out))
+    r = run_cli("run", "--target", "jetson", "--preset", "smoke", "--device", "cpu", "--eval", "digits", "--out", str(out))
     assert r.returncode == 0, r.stderr[-3000:]
     return out
 
@@ -31,6 +31,6 @@ def jetson_bundle(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def mobile_bundle(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bundles") / "mobile"
-    r = run_cli("run", "--target", "mobile", "--preset", "smoke", "--eval", "digits", "--out", str(out))
+    r = run_cli("run", "--target", "mobile", "--preset", "smoke", "--device", "cpu", "--eval", "digits", "--out", str(out))
     assert r.returncode == 0, r.stderr[-3000:]
     return out

@@ -13,7 +13,7 @@ SAME_BYTES = ["student.safetensors", "generator.safetensors", "vae.safetensors",
 def test_same_seed_same_bytes(jetson_bundle, tmp_path):
     # The session's smoke bundle is one run; this is a second with the same arguments.
     out = tmp_path / "again"
-    r = run_cli("run", "--target", "jetson", "--preset", "smoke", "--eval", "digits", "--out", str(out))
+    r = run_cli("run", "--target", "jetson", "--preset", "smoke", "--device", "cpu", "--eval", "digits", "--out", str(out))
     assert r.returncode == 0, r.stderr[-3000:]
     for name in SAME_BYTES:
         a, b = jetson_bundle / name, out / name
@@ -36,6 +36,6 @@ def test_same_seed_same_bytes(jetson_bundle, tmp_path):
 def test_another_seed_other_weights(jetson_bundle, tmp_path):
     """The comparison above can fail: a different seed changes the student (distillation stage only)."""
     out = tmp_path / "seed1"
-    r = run_cli("distill", "--preset", "smoke", "--seed", "1", "--out", str(out))
+    r = run_cli("distill", "--preset", "smoke", "--device", "cpu", "--seed", "1", "--out", str(out))
     assert r.returncode == 0, r.stderr[-3000:]
     assert (out / "student.safetensors").read_bytes() != (jetson_bundle / "student.safetensors").read_bytes()

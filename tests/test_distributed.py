@@ -20,7 +20,7 @@ from pipeline.world import World, world_from_env
 from tests.conftest import ROOT, run_cli
 
 # Long enough for the digits student to converge, short enough for two runs in about two minutes.
-QUALITY = ["--preset", "smoke", "--eval", "digits", "--set", "distill.iterations=200", "--set", "distill.batch_size=128",
+QUALITY = ["--preset", "smoke", "--device", "cpu", "--eval", "digits", "--set", "distill.iterations=200", "--set", "distill.batch_size=128",
            "--set", "distill.eval_every=50"]
 
 
