@@ -14,6 +14,8 @@ Scenarios:
               term (so each phase covers few classes), the student learns with a constant, high learning rate
               (Adam 1e-2, no cosine decay), and the student is smaller (digits: ~1/10 of the teacher's parameters;
               MNIST: LeNet-5-quarter).
+  drift       forgetting, with a generator learning rate ten times higher, so its distribution moves faster
+              between phases.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ SCENARIOS = {
     "standard": {},
     "forgetting": {"distill.w_balance": 0.0, "distill.cosine_schedule": False, "distill.lr_student": 0.01,
                    "student.ratio": 0.1},
+    "drift": {"distill.w_balance": 0.0, "distill.cosine_schedule": False, "distill.lr_student": 0.01,
+              "student.ratio": 0.1, "distill.lr_generator": 0.01},
 }
 
 
@@ -77,7 +81,7 @@ def _task(name: str, cfg, mnist_path: Path, scenario: str, device: torch.device)
 
         teacher, _ = mnist.teacher(mnist_path)
         _, xt, _, yt = mnist.load_split(mnist_path)
-        student = mnist.lenet5_quarter() if scenario == "forgetting" else mnist.lenet5_half()
+        student = mnist.lenet5_quarter() if scenario in ("forgetting", "drift") else mnist.lenet5_half()
         shape = mnist.INPUT_SHAPE
     teacher, student, xt, yt = teacher.to(device), student.to(device), xt.to(device), yt.to(device)
 
