@@ -51,7 +51,7 @@ class StudentConfig:
 
 @dataclass
 class DistillConfig:
-    iterations: int = 400  # outer iterations: one generator step then `kd_steps` student steps
+    iterations: int = 600  # outer iterations: one generator step then `kd_steps` student steps
     kd_steps: int = 5
     batch_size: int = 128
     replay_batch: int = 64  # replay samples mixed into every student step
@@ -79,6 +79,9 @@ class DistillConfig:
     vae_rehearse: bool = True  # the VAE rehearses on its own samples while learning new ones
     generator_width: int = 64
     kd_temperature: float = 1.0  # for kd_loss = "kl"
+    # Gaussian noise (std, in normalised input units) on the student's KD batch, labelled by the teacher on
+    # the noisy inputs: the student learns the teacher around each synthetic sample, not only on it.
+    input_noise: float = 0.3
     eval_every: int = 20
     probe_per_class: int = 32
     checkpoint_every: int = 50
@@ -135,6 +138,7 @@ PRESET_VALUES: dict[str, dict[str, dict[str, Any]]] = {
                     "student_optimizer": "sgd", "lr_generator": 0.02, "lr_vae": 0.02 / 40,
                     "w_bn": 0.0, "kd_loss": "l1", "vae_kld_weight": 1e-5, "vae_recon": "pixel+logits",
                     "w_balance": 5.0 / 2.302585, "w_onehot": 1.0, "w_activation": 0.1, "adversarial": "js",
+                    "input_noise": 0.0,
                     "eval_every": 360, "checkpoint_every": 720},
         "quantize": {"calibration_samples": 2048, "qat_steps": 1000, "qat_batch": 256},
     },
@@ -227,7 +231,7 @@ def validate(cfg: RunConfig) -> RunConfig:
         _positive(f"distill.{name}", getattr(d, name), allow_zero=True)
     for name in ("lr_student", "lr_generator", "lr_vae"):
         _positive(f"distill.{name}", getattr(d, name))
-    for name in ("w_adv", "w_bn", "w_balance", "w_onehot", "w_activation"):
+    for name in ("w_adv", "w_bn", "w_balance", "w_onehot", "w_activation", "input_noise"):
         _positive(f"distill.{name}", getattr(d, name), allow_zero=True)
     for name in ("calibration_samples", "qat_batch", "qat_lr"):
         _positive(f"quantize.{name}", getattr(q, name))

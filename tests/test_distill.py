@@ -219,7 +219,8 @@ class FixedMemory(NoReplay):
 
 
 def test_replay_samples_reach_the_students_loss(tmp_path):
-    cfg = _smoke_cfg(iterations=1, kd_steps=1, batch_size=8, replay_batch=4, eval_every=1, checkpoint_every=100)
+    cfg = _smoke_cfg(iterations=1, kd_steps=1, batch_size=8, replay_batch=4, eval_every=1, checkpoint_every=100,
+                     input_noise=0.0)
     teacher = TinyTeacher().eval()
     seen: list[torch.Tensor] = []
 
@@ -243,6 +244,34 @@ def test_replay_samples_reach_the_students_loss(tmp_path):
     wb = torch.cat([p.flatten() for p in res_b.student.parameters()])
     assert not torch.equal(wa, wb)
     assert res_a.history[-1]["loss_student"] != res_b.history[-1]["loss_student"]
+
+
+class RecordingMemory(FixedMemory):
+    """A fixed replay batch that also records what it is asked to learn."""
+
+    def __init__(self, batch: torch.Tensor):
+        super().__init__(batch)
+        self.observed: list[torch.Tensor] = []
+
+    def observe(self, x, *args, **kwargs):
+        self.observed.append(x.detach().clone())
+        return {}
+
+
+def test_input_noise_reaches_the_student_but_not_the_memory(tmp_path):
+    cfg = _smoke_cfg(iterations=1, kd_steps=1, vae_steps=1, batch_size=8, replay_batch=256, eval_every=1,
+                     checkpoint_every=100, input_noise=0.5)
+    seen: list[torch.Tensor] = []
+    student = _student()
+    student.register_forward_pre_hook(lambda m, inp: seen.append(inp[0].detach().clone()))
+    memory = RecordingMemory(torch.zeros(256, *SHAPE))
+    distill(cfg, TinyTeacher().eval(), student, SHAPE, tmp_path, torch.device("cpu"), memory=memory)
+    batch = next(x for x in seen if x.shape[0] == 8 + 256)
+    noise = batch[8:]  # the replayed zeros plus the student's input noise
+    assert abs(noise.std().item() - 0.5) < 0.05 and abs(noise.mean().item()) < 0.05
+    # the memory learns the generator's clean samples, not their noisy copies
+    assert len(memory.observed) == 1 and not torch.equal(memory.observed[0], batch[:8])
+    assert torch.allclose(memory.observed[0], batch[:8], atol=0.5 * 6)
 
 
 @pytest.mark.parametrize("mode", ["vae", "memory", "none"])

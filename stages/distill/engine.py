@@ -155,6 +155,9 @@ def distill(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, shape: t
                 x_new = generator(torch.randn(batch, cfg.latent_dim, device=device))
             replay = memory.sample(replay_batch)
             x_all = x_new if replay is None else torch.cat([x_new, replay])
+            noisy = cfg.input_noise > 0
+            if noisy:  # the teacher labels the noisy inputs below: KD around each sample, not only on it
+                x_all = x_all + cfg.input_noise * torch.randn_like(x_all)
             with torch.no_grad():
                 t_all = teacher(x_all)  # one teacher pass serves the student and the memory
             loss_s = criteria.kd_loss(cfg.kd_loss, student_train(x_all), t_all, cfg.kd_temperature)
@@ -164,7 +167,10 @@ def distill(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, shape: t
             opt_s.step()
             if k < cfg.vae_steps:
                 n = x_new.shape[0]
-                memory.observe(x_new, t_all[:n], replay, None if replay is None else t_all[n:])
+                if noisy:  # the memory learns the clean samples; it asks the teacher itself
+                    memory.observe(x_new, None, replay, None)
+                else:
+                    memory.observe(x_new, t_all[:n], replay, None if replay is None else t_all[n:])
         if sched is not None:
             sched.step()
 
