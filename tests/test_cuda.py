@@ -1,8 +1,8 @@
 """The GPU paths through the real CLI: skipped where torch sees no CUDA GPU (CI), run on GPU machines.
 
-Every other test uses `--device auto`, so on a GPU machine the whole suite exercises CUDA too; these
-name `--device cuda` explicitly, cover the update flow and the nccl process group, and check that a
-CUDA run produces the same kind of bundle as a CPU run.
+Tests that name no device use `--device auto`, so on a GPU machine they exercise CUDA too (those that
+check CPU behaviour, such as byte-identical reruns, name `--device cpu`). These name `--device cuda`,
+cover the update flow and the nccl process group, and check that a CUDA run writes a complete bundle.
 """
 
 from __future__ import annotations
