@@ -25,7 +25,7 @@ from pipeline import workdir as wd
 from pipeline.workdir import prepare_out_dir, resume_config  # noqa: F401  (part of this module's interface)
 from pipeline.teacher import TaskSpec, build_from_factory, has_batchnorm, load_teacher, load_weights
 from pipeline.ui import Console
-from pipeline.world import world_from_env
+from pipeline.world import World, world_from_env
 
 # ---- set-up ---------------------------------------------------------------------------------------
 
@@ -78,13 +78,20 @@ def stage_distill(cfg: RunConfig, out: Path, resume: bool, console: Console, mem
     """Stage 1. For an update, `student_from` is (spec, weights) of the deployed student and
     `memory_factory(teacher, device)` rebuilds the shipped VAE memory around the new teacher.
     Under torchrun every process trains; rank 0 writes and gets the summary, the others get None."""
+    from stages.distill import parallel
+
+    world = world_from_env()
+    with parallel.process_group(world, set_up(cfg)) as device:
+        return _distill_in_group(cfg, out, resume, console, memory_factory, student_from, world, device)
+
+
+def _distill_in_group(cfg: RunConfig, out: Path, resume: bool, console: Console, memory_factory,
+                      student_from: tuple[dict, Path] | None, world: World, device: torch.device) -> dict | None:
     from pipeline.evaluation import check_compatible, evaluator
     from stages.distill import parallel
     from stages.distill.engine import distill
     from stages.distill.networks import param_count
 
-    world = world_from_env()
-    device = parallel.start(world, set_up(cfg))
     teacher, spec = load_teacher(cfg)
     check_compatible(cfg.eval, spec.input_shape, spec.num_classes, spec)
     if cfg.distill.w_bn and not has_batchnorm(teacher):
@@ -108,20 +115,16 @@ def stage_distill(cfg: RunConfig, out: Path, resume: bool, console: Console, mem
     finished = parallel.broadcast(finished, world)
     if finished is not None:
         console.info("distill: already finished in this directory, skipping")
-        parallel.stop(world)
         return finished if world.is_main else None
 
     evaluate = evaluator(cfg.eval, spec) if world.is_main else None
     across = f", {world.size} processes" if world.distributed else ""
     console.info(f"distill: {spec.source} -> student with {param_count(student):,} parameters "
                  f"(teacher {param_count(teacher):,}), replay={cfg.distill.replay}, device={device}{across}")
-    try:
-        with console.progress("distill", cfg.distill.iterations) as advance:
-            result = distill(cfg.distill, teacher, student, spec.input_shape, out / "distill", device, seed=cfg.seed,
-                             evaluate=evaluate, resume=resume, progress=lambda step, row: advance(step, row),
-                             memory=memory, world=world)
-    finally:
-        parallel.stop(world)
+    with console.progress("distill", cfg.distill.iterations) as advance:
+        result = distill(cfg.distill, teacher, student, spec.input_shape, out / "distill", device, seed=cfg.seed,
+                         evaluate=evaluate, resume=resume, progress=lambda step, row: advance(step, row),
+                         memory=memory, world=world)
     if not world.is_main:
         return None
     wd.save_module(result.student, out / wd.STUDENT)

@@ -68,6 +68,29 @@ def test_ranks_holding_different_weights_are_detected(tmp_path, same):
         assert all("student weights differ between ranks" in results[r] for r in (0, 1))
 
 
+def _group_worker(rank: int, init_file: str, fail: bool, results) -> None:
+    from stages.distill.parallel import process_group
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        with process_group(World(rank, 2, rank), torch.device("cpu")):
+            dist.all_reduce(torch.ones(1))
+            if fail:
+                raise RunError("stopped on purpose")
+    except RunError as exc:
+        results[rank] = str(exc)
+    results[(rank, "still joined")] = dist.is_initialized()
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_every_way_out_of_distillation_leaves_the_process_group(tmp_path, fail):
+    # A process that exits while still in a gloo group can abort in the library's teardown.
+    results = mp.Manager().dict()
+    mp.spawn(_group_worker, args=(str(tmp_path / "init"), fail, results), nprocs=2, join=True)
+    assert [results[(r, "still joined")] for r in (0, 1)] == [False, False]
+    assert [results.get(r) for r in (0, 1)] == (["stopped on purpose"] * 2 if fail else [None, None])
+
+
 def test_two_processes_reach_single_process_quality(tmp_path):
     single = run_cli("distill", *QUALITY, "--out", str(tmp_path / "single"), timeout=400)
     assert single.returncode == 0, single.stderr[-3000:]

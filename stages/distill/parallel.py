@@ -8,6 +8,9 @@ its quality. Rank 0 alone evaluates, checkpoints and writes; the other ranks onl
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -35,9 +38,27 @@ def start(world: World, device: torch.device) -> torch.device:
     return device
 
 
-def stop(world: World) -> None:
+def stop(world: World, clean: bool = True) -> None:
+    """Leave the process group. After a clean finish every rank first waits for the others, so none tears
+    its connections down while a peer still uses them; after an error there is no barrier, since a peer
+    may be stuck in another collective and would pair with it."""
     if world.distributed and dist.is_initialized():
+        if clean:
+            dist.barrier()
         dist.destroy_process_group()
+
+
+@contextmanager
+def process_group(world: World, device: torch.device) -> Iterator[torch.device]:
+    """`start` ... `stop` around a block, so that every way out of it (errors included) leaves the group:
+    a process that exits still holding it can abort in the communication library's teardown."""
+    device = start(world, device)
+    try:
+        yield device
+    except BaseException:
+        stop(world, clean=False)
+        raise
+    stop(world, clean=True)
 
 
 def wrap(module: nn.Module, world: World, device: torch.device) -> nn.Module:
