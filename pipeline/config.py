@@ -82,6 +82,9 @@ class DistillConfig:
     # Gaussian noise (std, in normalised input units) on the student's KD batch, labelled by the teacher on
     # the noisy inputs: the student learns the teacher around each synthetic sample, not only on it.
     input_noise: float = 0.3
+    # The shipped (and evaluated) student is a moving average of the student's weights over its steps,
+    # with this decay per student step; 0 ships the last weights as they are. No data selects anything.
+    ema_decay: float = 0.995
     eval_every: int = 20
     probe_per_class: int = 32
     checkpoint_every: int = 50
@@ -138,7 +141,7 @@ PRESET_VALUES: dict[str, dict[str, dict[str, Any]]] = {
                     "student_optimizer": "sgd", "lr_generator": 0.02, "lr_vae": 0.02 / 40,
                     "w_bn": 0.0, "kd_loss": "l1", "vae_kld_weight": 1e-5, "vae_recon": "pixel+logits",
                     "w_balance": 5.0 / 2.302585, "w_onehot": 1.0, "w_activation": 0.1, "adversarial": "js",
-                    "input_noise": 0.0,
+                    "input_noise": 0.0, "ema_decay": 0.0,
                     "eval_every": 360, "checkpoint_every": 720},
         "quantize": {"calibration_samples": 2048, "qat_steps": 1000, "qat_batch": 256},
     },
@@ -233,6 +236,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         _positive(f"distill.{name}", getattr(d, name))
     for name in ("w_adv", "w_bn", "w_balance", "w_onehot", "w_activation", "input_noise"):
         _positive(f"distill.{name}", getattr(d, name), allow_zero=True)
+    if not 0 <= d.ema_decay < 1:
+        raise UsageError(f"config: distill.ema_decay must be in [0, 1) (0: no averaging), got {d.ema_decay}")
     for name in ("calibration_samples", "qat_batch", "qat_lr"):
         _positive(f"quantize.{name}", getattr(q, name))
     _positive("quantize.qat_steps", q.qat_steps, allow_zero=True)

@@ -11,6 +11,7 @@ from torch import nn
 
 from pipeline.config import load_config
 from stages.distill import criteria
+from stages.distill.averaging import WeightAverage
 from stages.distill.engine import build_memory, distill, expected_accuracy, largest_drop
 from stages.distill.memory import NoReplay, ReservoirMemory, VAEMemory
 from stages.distill.networks import VAE, build_student, param_count, student_spec
@@ -291,6 +292,42 @@ def test_history_rows_and_modes_share_one_loop(tmp_path, mode):
         assert res.memory.updates == 4 * cfg.vae_steps
     if mode == "memory":
         assert res.memory.nbytes() <= cfg.memory_bytes and res.memory.size > 0
+
+
+def test_weight_average_follows_the_student_at_its_rate():
+    student = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
+    avg = WeightAverage(student, decay=0.99)
+    start = student[0].weight.detach().clone()
+    with torch.no_grad():
+        student[0].weight.add_(1.0)
+        student[1].running_mean.fill_(7.0)
+    avg.update(student)  # first update: short horizon (keeps 1/10 of the old weights)
+    assert torch.allclose(avg.model[0].weight, start + 0.9)
+    assert torch.equal(avg.model[1].running_mean, torch.full((2,), 7.0))  # buffers are taken as they are
+    for _ in range(2000):
+        avg.update(student)
+    assert avg.updates == 2001 and avg._rate() == 0.99  # the decay rules once the warm-up is over
+    assert torch.allclose(avg.model[0].weight, student[0].weight)
+    assert not any(p.requires_grad for p in avg.model.parameters())
+    with pytest.raises(ValueError):
+        WeightAverage(student, decay=1.0)
+
+
+@pytest.mark.parametrize("decay", [0.0, 0.9])
+def test_the_evaluated_and_returned_student_is_the_weight_average(tmp_path, decay):
+    cfg = _smoke_cfg(iterations=3, kd_steps=2, eval_every=1, checkpoint_every=100, batch_size=16, replay_batch=8,
+                     ema_decay=decay)
+    student = _student()
+    seen = []
+    res = distill(cfg, TinyTeacher().eval(), student, SHAPE, tmp_path, torch.device("cpu"),
+                  evaluate=lambda m: seen.append(m) or 0.5)
+    assert len(seen) == 3 and all(m is res.student for m in seen)
+    if decay == 0.0:
+        assert res.student is student
+    else:  # a separate model that trails the trained one
+        assert res.student is not student
+        raw, avg = student.state_dict(), res.student.state_dict()
+        assert any(not torch.equal(raw[k], avg[k]) for k in raw if raw[k].is_floating_point())
 
 
 def test_resumed_run_equals_uninterrupted_run_bit_for_bit(tmp_path):

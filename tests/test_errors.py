@@ -170,6 +170,7 @@ CONFIG_CASES = [
     ("threads-zero", {}, ["run", "--threads", "0", "--out", "o"], ["threads must be > 0"]),
     ("opset-too-old", {}, ["run", "--set", "export.opset=11", "--out", "o"], ["export.opset must be between 13 and 21"]),
     ("ratio-above-one", {}, ["run", "--student-ratio", "2", "--out", "o"], ["student.ratio must be in (0, 1]"]),
+    ("ema-decay-one", {}, ["run", "--set", "distill.ema_decay=1", "--out", "o"], ["distill.ema_decay must be in [0, 1)"]),
     ("seed-not-int", {}, ["run", "--seed", "abc", "--out", "o"], ["'abc' is not a valid integer"]),
     ("unknown-option", {}, ["run", "--colour", "red"], ["No such option '--colour'"]),
     ("resume-without-out", {}, ["run", "--resume"], ["--resume needs --out DIR"]),

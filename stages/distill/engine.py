@@ -4,7 +4,8 @@ One outer iteration (as in the PRE-DFKD reference):
   1. generator step: synthesise a batch the teacher finds plausible but the student gets wrong;
   2. `kd_steps` student steps on fresh generator samples mixed with a replay batch from memory,
      the memory learning the newest samples during the first `vae_steps` of them.
-No validation data: the final student is the last one.
+No validation data: the final student is the last one (with `ema_decay`, the moving average of the
+student's weights up to the last step; see averaging.py).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pipeline.errors import RunError, UsageError
 from pipeline.fileio import atomic_path
 from pipeline.world import SINGLE, World
 from stages.distill import criteria, parallel
+from stages.distill.averaging import WeightAverage
 from stages.distill.memory import NoReplay, ReservoirMemory, VAEMemory
 from stages.distill.networks import VAE, build_generator
 from stages.distill.probes import agreement, synthesize_probes
@@ -84,6 +86,8 @@ def distill(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, shape: t
     opt_s = _student_optimizer(cfg, student)
     opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.lr_generator, betas=(0.5, 0.999))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt_s, T_max=cfg.iterations) if cfg.cosine_schedule else None
+    average = WeightAverage(student, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    shipped = average.model if average is not None else student  # what is evaluated and returned
     probes, probe_labels = None, None
     if world.is_main:
         probes, probe_labels = synthesize_probes(teacher, shape, _num_classes(teacher, shape, device),
@@ -108,6 +112,11 @@ def distill(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, shape: t
         opt_g.load_state_dict(state["opt_g"])
         if sched is not None:
             sched.load_state_dict(state["sched"])
+        if average is not None:
+            if "average" not in state:
+                raise UsageError(f"checkpoint {ckpt_path} was written without distill.ema_decay; resume with "
+                                 "--set distill.ema_decay=0 or start afresh")
+            average.load_state_dict(state["average"])
         history = list(state["history"])
         start = resumed_from = int(state["iteration"])
         elapsed_before = float(state["elapsed"])
@@ -165,6 +174,8 @@ def distill(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, shape: t
             opt_s.zero_grad(set_to_none=True)
             loss_s.backward()
             opt_s.step()
+            if average is not None:
+                average.update(student)
             if k < cfg.vae_steps:
                 n = x_new.shape[0]
                 if noisy:  # the memory learns the clean samples; it asks the teacher itself
@@ -176,8 +187,8 @@ def distill(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, shape: t
 
         step = it + 1
         if world.is_main and (step % cfg.eval_every == 0 or step == cfg.iterations):
-            row = {"step": step, "agreement": agreement(student, probes, probe_labels),
-                   "accuracy": evaluate(student) if evaluate else None,
+            row = {"step": step, "agreement": agreement(shipped, probes, probe_labels),
+                   "accuracy": evaluate(shipped) if evaluate else None,
                    "loss_student": float(loss_s.detach()), "loss_generator": float(loss_g.detach()),
                    "elapsed_s": round(elapsed_before + time.perf_counter() - t0, 3)}
             history.append(row)
@@ -186,16 +197,17 @@ def distill(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, shape: t
         if step % cfg.checkpoint_every == 0 and step < cfg.iterations:
             rngs = parallel.gather(torch.get_rng_state(), world)  # every rank's stream, for an exact resume
             if world.is_main:
-                _save_checkpoint(ckpt_path, step, student, generator, memory, opt_s, opt_g, sched, history,
+                _save_checkpoint(ckpt_path, step, student, generator, memory, opt_s, opt_g, sched, average, history,
                                  elapsed_before + time.perf_counter() - t0, rngs)
     bn.remove()
     feats.remove()
     student.eval()
     parallel.check_in_sync({"student": student, "generator": generator,
+                            **({"average": average.model} if average is not None else {}),
                             **({"vae": memory.vae} if isinstance(memory, VAEMemory) else {})}, world)
     if isinstance(memory, VAEMemory):
         memory.trainer = memory.vae  # the DDP wrapper dies with the process group
-    return DistillResult(student, generator, memory, history, elapsed_before + time.perf_counter() - t0,
+    return DistillResult(shipped, generator, memory, history, elapsed_before + time.perf_counter() - t0,
                          cfg.iterations, resumed_from)
 
 
@@ -209,12 +221,14 @@ def _num_classes(teacher: nn.Module, shape: tuple[int, ...], device: torch.devic
         return int(teacher(torch.zeros(2, *shape, device=device)).shape[1])
 
 
-def _save_checkpoint(path: Path, step: int, student, generator, memory, opt_s, opt_g, sched, history, elapsed,
-                     rngs: list[torch.Tensor]) -> None:
+def _save_checkpoint(path: Path, step: int, student, generator, memory, opt_s, opt_g, sched, average, history,
+                     elapsed, rngs: list[torch.Tensor]) -> None:
     state = {"iteration": step, "student": student.state_dict(), "generator": generator.state_dict(),
              "memory": memory.state_dict(), "opt_s": opt_s.state_dict(), "opt_g": opt_g.state_dict(),
              "sched": sched.state_dict() if sched is not None else {}, "history": history,
              "elapsed": elapsed, "rng": rngs[0], "rng_ranks": rngs}
+    if average is not None:
+        state["average"] = average.state_dict()
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
