@@ -301,13 +301,16 @@ def test_weight_average_follows_the_student_at_its_rate():
     with torch.no_grad():
         student[0].weight.add_(1.0)
         student[1].running_mean.fill_(7.0)
+        student[1].num_batches_tracked.fill_(3)
     avg.update(student)  # first update: short horizon (keeps 1/10 of the old weights)
     assert torch.allclose(avg.model[0].weight, start + 0.9)
-    assert torch.equal(avg.model[1].running_mean, torch.full((2,), 7.0))  # buffers are taken as they are
+    assert torch.allclose(avg.model[1].running_mean, torch.full((2,), 6.3))  # statistics averaged alike
+    assert avg.model[1].num_batches_tracked.item() == 3  # counters are taken as they are
     for _ in range(2000):
         avg.update(student)
     assert avg.updates == 2001 and avg._rate() == 0.99  # the decay rules once the warm-up is over
     assert torch.allclose(avg.model[0].weight, student[0].weight)
+    assert torch.allclose(avg.model[1].running_mean, student[1].running_mean)
     assert not any(p.requires_grad for p in avg.model.parameters())
     with pytest.raises(ValueError):
         WeightAverage(student, decay=1.0)

@@ -34,9 +34,13 @@ class WeightAverage:
         step = 1.0 - self._rate()
         for p_avg, p_cur in zip(self.model.parameters(), student.parameters()):
             p_avg.lerp_(p_cur.detach(), step)
-        # BatchNorm running statistics are already averages; take the student's.
+        # BatchNorm statistics are averaged too: statistics of the last weights do not fit averaged
+        # weights once the weights move fast (a high learning rate); counters are taken as they are.
         for b_avg, b_cur in zip(self.model.buffers(), student.buffers()):
-            b_avg.copy_(b_cur)
+            if b_avg.is_floating_point():
+                b_avg.lerp_(b_cur, step)
+            else:
+                b_avg.copy_(b_cur)
         self.updates += 1
 
     def state_dict(self) -> dict:
