@@ -20,9 +20,8 @@ class WeightAverage:
             raise ValueError(f"decay must be in (0, 1), got {decay}")
         self.decay = decay
         self.updates = 0
+        # Trainable like any student (the quantization stage fine-tunes it); updated under no_grad.
         self.model = copy.deepcopy(student).eval()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
 
     def _rate(self) -> float:
         # Early on the average would be dominated by the random initial weights; a shorter horizon at
