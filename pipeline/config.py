@@ -58,7 +58,7 @@ class DistillConfig:
     latent_dim: int = 64
     vae_latent_dim: int = 32
     vae_steps: int = 2  # VAE updates per outer iteration (reference: the first 4 of 10 kd steps)
-    lr_student: float = 2e-3
+    lr_student: float = 4e-3
     lr_generator: float = 1e-3
     lr_vae: float = 1e-3
     student_optimizer: str = "adam"  # adam | sgd
