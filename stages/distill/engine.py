@@ -133,6 +133,7 @@ def distill(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, shape: t
     if isinstance(memory, VAEMemory):
         memory.trainer = parallel.wrap(memory.vae, world, device)
     batch, replay_batch = world.share(cfg.batch_size), world.share(cfg.replay_batch)
+    noisy = cfg.input_noise > 0
 
     t0 = time.perf_counter()
     for it in range(start, cfg.iterations):
@@ -164,7 +165,6 @@ def distill(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, shape: t
                 x_new = generator(torch.randn(batch, cfg.latent_dim, device=device))
             replay = memory.sample(replay_batch)
             x_all = x_new if replay is None else torch.cat([x_new, replay])
-            noisy = cfg.input_noise > 0
             if noisy:  # the teacher labels the noisy inputs below: KD around each sample, not only on it
                 x_all = x_all + cfg.input_noise * torch.randn_like(x_all)
             with torch.no_grad():
