@@ -16,6 +16,9 @@ Scenarios:
               MNIST: LeNet-5-quarter).
   drift       forgetting, with a generator learning rate ten times higher, so its distribution moves faster
               between phases.
+  phases      the generator is steered through class groups ({0,5}, {1,6}, ... for 10 classes, each for a
+              tenth of the run, the cycle run twice: `distill.class_phases=5`): the synthetic stream leaves
+              whole classes behind for long stretches, the setting replay is meant for.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ SCENARIOS = {
     "standard": {},
     "forgetting": FORGETTING,
     "drift": {**FORGETTING, "distill.lr_generator": 0.01},
+    "phases": {"distill.class_phases": 5, "distill.phase_cycles": 2},
 }
 
 

@@ -85,6 +85,11 @@ class DistillConfig:
     # The shipped (and evaluated) student is a moving average of the student's weights over its steps,
     # with this decay per student step; 0 ships the last weights as they are. No data selects anything.
     ema_decay: float = 0.995
+    # A stress setting for measuring forgetting, off by default: the generator is steered to one group of
+    # classes at a time (the classes split into `class_phases` groups, the groups cycled `phase_cycles` times
+    # over the run), so the synthetic stream leaves whole classes behind for long stretches.
+    class_phases: int = 0
+    phase_cycles: int = 2
     eval_every: int = 20
     probe_per_class: int = 32
     checkpoint_every: int = 50
@@ -236,6 +241,11 @@ def validate(cfg: RunConfig) -> RunConfig:
         _positive(f"distill.{name}", getattr(d, name))
     for name in ("w_adv", "w_bn", "w_balance", "w_onehot", "w_activation", "input_noise"):
         _positive(f"distill.{name}", getattr(d, name), allow_zero=True)
+    _positive("distill.class_phases", d.class_phases, allow_zero=True)
+    _positive("distill.phase_cycles", d.phase_cycles)
+    if d.class_phases and d.class_phases * d.phase_cycles > d.iterations:
+        raise UsageError(f"config: distill.class_phases x distill.phase_cycles ({d.class_phases} x {d.phase_cycles}) "
+                         f"must not exceed distill.iterations ({d.iterations})")
     if not 0 <= d.ema_decay < 1:
         raise UsageError(f"config: distill.ema_decay must be in [0, 1) (0: no averaging), got {d.ema_decay}")
     for name in ("calibration_samples", "qat_batch", "qat_lr"):

@@ -116,6 +116,49 @@ def test_onehot_lower_for_confident_logits():
     assert criteria.onehot(confident).item() < 1e-3
 
 
+def test_class_steering_pushes_samples_into_the_group_and_balances_within_it():
+    group = [2, 7]
+    in_group = torch.zeros(4, 10)
+    in_group[[0, 1], 2] = 15.0
+    in_group[[2, 3], 7] = 15.0  # confident, two of each group class
+    outside = torch.zeros(4, 10)
+    outside[:, 4] = 15.0  # confident, but in class 4
+    # Confident samples of an outside class are fine unsteered and costly steered.
+    assert criteria.onehot(outside).item() < 1e-3
+    assert criteria.onehot(outside, group).item() > 10.0
+    assert criteria.onehot(in_group, group).item() < 1e-3
+    # The gradient of the steered term raises the most likely group class, not the sample's own argmax.
+    logits = outside.clone()
+    logits[:, 7] = 1.0
+    logits.requires_grad_(True)
+    criteria.onehot(logits, group).backward()
+    assert (logits.grad[:, 7] < 0).all() and (logits.grad[:, 4] > 0).all()
+    # Balance within the group: both group classes equally often is optimal, whatever happens outside.
+    only_two = in_group.clone()
+    only_two[:, 2] = 15.0
+    only_two[:, 7] = 0.0
+    assert criteria.class_balance(in_group, group).item() == pytest.approx(-math.log(2), abs=1e-4)
+    assert criteria.class_balance(only_two, group).item() > criteria.class_balance(in_group, group).item() + 0.5
+
+
+def test_class_groups_and_phases_cycle_through_every_class():
+    groups = criteria.class_groups(10, 5)
+    assert groups == [[0, 5], [1, 6], [2, 7], [3, 8], [4, 9]]
+    assert sorted(c for g in criteria.class_groups(7, 3) for c in g) == list(range(7))
+    phases = [criteria.phase_of(it, 600, 5, 2) for it in range(600)]
+    assert phases[:60] == [0] * 60 and phases[60] == 1 and phases[299] == 4 and phases[300] == 0
+    assert [phases.count(g) for g in range(5)] == [120] * 5  # every group gets the same share
+
+
+def test_class_phases_beyond_the_teachers_classes_is_refused(tmp_path):
+    cfg = load_config(overrides={"preset": "smoke", "distill.class_phases": 5}).distill
+    teacher = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    from pipeline.errors import UsageError
+
+    with pytest.raises(UsageError, match="must not exceed the teacher's 3 classes"):
+        distill(cfg, teacher, nn.Sequential(nn.Flatten(), nn.Linear(4, 3)), (4,), tmp_path, torch.device("cpu"))
+
+
 def test_activation_and_kd_losses():
     assert criteria.activation(torch.ones(4, 3)).item() == -1.0
     assert criteria.activation(None).item() == 0.0
@@ -273,6 +316,27 @@ def test_input_noise_reaches_the_student_but_not_the_memory(tmp_path):
     # the memory learns the generator's clean samples, not their noisy copies
     assert len(memory.observed) == 1 and not torch.equal(memory.observed[0], batch[:8])
     assert torch.allclose(memory.observed[0], batch[:8], atol=0.5 * 6)
+
+
+def test_class_phases_steer_the_generator_to_the_current_group(tmp_path):
+    # Two phases, one cycle: the last half of the run steers to the odd classes {1, 3, 5, 7, 9}.
+    cfg = _smoke_cfg(iterations=24, kd_steps=1, vae_steps=0, replay="none", w_adv=0.0, w_bn=0.0, w_activation=0.0,
+                     lr_generator=1e-2, eval_every=24, checkpoint_every=100, phase_cycles=1)
+    torch.manual_seed(3)
+    teacher = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval()  # every class is reachable from the input
+
+    def odd_share(phases: int) -> float:
+        torch.manual_seed(0)
+        res = distill(dataclasses.replace(cfg, class_phases=phases), teacher, _student(), SHAPE, tmp_path / str(phases),
+                      torch.device("cpu"), seed=0)
+        with torch.no_grad():
+            res.generator.eval()
+            labels = teacher(res.generator(torch.randn(256, cfg.latent_dim))).argmax(1)
+        return (labels % 2 == 1).float().mean().item()
+
+    steered, free = odd_share(2), odd_share(0)
+    assert steered > 0.9
+    assert steered > free + 0.2
 
 
 @pytest.mark.parametrize("mode", ["vae", "memory", "none"])

@@ -6,6 +6,9 @@ Generator objective (weighted sum, each switchable by a zero weight):
   balance      negative entropy of the batch-mean teacher prediction: low when classes are balanced (DAFL)
   onehot       cross-entropy of the teacher's output with its own argmax: confident samples (DAFL)
   activation   negative mean magnitude of the teacher's penultimate features (DAFL)
+
+`balance` and `onehot` take an optional class group: with one, they steer the generator to those classes
+only (the class-phased stream that measures forgetting; see `class_groups`).
 """
 
 from __future__ import annotations
@@ -44,14 +47,32 @@ def kd_loss(kind: str, student_logits: torch.Tensor, teacher_logits: torch.Tenso
     return F.kl_div(log_p, q, reduction="batchmean") * temperature**2
 
 
-def class_balance(teacher_logits: torch.Tensor) -> torch.Tensor:
-    """sum p log p of the batch-mean prediction: minimal (-log K) when all K classes appear equally."""
-    p = F.softmax(teacher_logits, dim=1).mean(0).clamp_min(1e-8)
+def class_balance(teacher_logits: torch.Tensor, classes: list[int] | None = None) -> torch.Tensor:
+    """sum p log p of the batch-mean prediction: minimal (-log K) when all K classes appear equally.
+    With `classes`, the prediction among those classes only: balanced within the group."""
+    logits = teacher_logits if classes is None else teacher_logits[:, classes]
+    p = F.softmax(logits, dim=1).mean(0).clamp_min(1e-8)
     return (p * p.log()).sum()
 
 
-def onehot(teacher_logits: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(teacher_logits, teacher_logits.argmax(1))
+def onehot(teacher_logits: torch.Tensor, classes: list[int] | None = None) -> torch.Tensor:
+    """Cross-entropy with the teacher's most likely class; with `classes`, its most likely class of that
+    group, so every sample is pushed into the group and confidently so."""
+    if classes is None:
+        return F.cross_entropy(teacher_logits, teacher_logits.argmax(1))
+    group = torch.as_tensor(classes, device=teacher_logits.device)
+    return F.cross_entropy(teacher_logits, group[teacher_logits[:, group].argmax(1)])
+
+
+def class_groups(num_classes: int, phases: int) -> list[list[int]]:
+    """Split the classes into `phases` interleaved groups (phases=5 of 10: {0,5}, {1,6}, ...)."""
+    return [list(range(g, num_classes, phases)) for g in range(phases)]
+
+
+def phase_of(iteration: int, iterations: int, phases: int, cycles: int) -> int:
+    """Which group the generator is steered to at `iteration`: `phases` equal phases, run `cycles` times."""
+    length = max(1, iterations // (phases * cycles))
+    return (iteration // length) % phases
 
 
 def activation(features: torch.Tensor | None) -> torch.Tensor:

@@ -88,9 +88,13 @@ def distill(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, shape: t
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt_s, T_max=cfg.iterations) if cfg.cosine_schedule else None
     average = WeightAverage(student, cfg.ema_decay) if cfg.ema_decay > 0 else None
     shipped = average.model if average is not None else student  # what is evaluated and returned
+    num_classes = _num_classes(teacher, shape, device)
+    if cfg.class_phases > num_classes:
+        raise UsageError(f"distill.class_phases ({cfg.class_phases}) must not exceed the teacher's {num_classes} classes")
+    groups = criteria.class_groups(num_classes, cfg.class_phases) if cfg.class_phases else None
     probes, probe_labels = None, None
     if world.is_main:
-        probes, probe_labels = synthesize_probes(teacher, shape, _num_classes(teacher, shape, device),
+        probes, probe_labels = synthesize_probes(teacher, shape, num_classes,
                                                  cfg.probe_per_class, seed=seed + 1234, device=device)
     if world.distributed:
         torch.manual_seed(_rank_seed(seed, world))  # same initial weights (DDP checks), own sample streams
@@ -140,6 +144,7 @@ def distill(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, shape: t
         # 1. Generator: explore where student and teacher disagree, on teacher-plausible inputs.
         generator.train()
         student.eval()
+        focus = groups[criteria.phase_of(it, cfg.iterations, len(groups), cfg.phase_cycles)] if groups else None
         z = torch.randn(batch, cfg.latent_dim, device=device)
         x = generator_train(z)
         with bn:
@@ -148,8 +153,8 @@ def distill(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, shape: t
         terms = {
             "adversarial": criteria.adversarial_loss(cfg.adversarial, student(x), t_logits),
             "bn": bn_loss,
-            "balance": criteria.class_balance(t_logits),
-            "onehot": criteria.onehot(t_logits),
+            "balance": criteria.class_balance(t_logits, focus),
+            "onehot": criteria.onehot(t_logits, focus),
             "activation": criteria.activation(feats.features),
         }
         loss_g = criteria.generator_objective(weights, terms)
