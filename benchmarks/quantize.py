@@ -13,6 +13,9 @@ Accuracy is on the task's real test split, of the exported INT8 ONNX as onnxrunt
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
+import json
 import sys
 import time
 from pathlib import Path
@@ -51,9 +54,13 @@ def task_parts(name: str, mnist_path: Path, cfg):
     return teacher.eval(), mnist.lenet5_half(), mnist.INPUT_SHAPE, x_train, x_test, y_test
 
 
-def distilled_path(task: str, preset: str, seed: int) -> Path:
-    """Where a distilled student (with its generator and VAE) for this task, preset and seed is cached."""
-    return CACHE / f"quantize-{task}-{preset}-s{seed}" / "distilled.pt"
+def distilled_path(task: str, cfg, seed: int) -> Path:
+    """Where a distilled student (with its generator and VAE) for this task, settings and seed is cached.
+    The key holds a digest of the distillation and student settings: a changed default distils afresh."""
+    settings = json.dumps({"distill": dataclasses.asdict(cfg.distill), "student": dataclasses.asdict(cfg.student)},
+                          sort_keys=True)
+    digest = hashlib.sha256(settings.encode()).hexdigest()[:10]
+    return CACHE / f"quantize-{task}-{cfg.preset}-s{seed}-{digest}" / "distilled.pt"
 
 
 def save_distilled(path: Path, student, generator, vae) -> None:
@@ -63,10 +70,10 @@ def save_distilled(path: Path, student, generator, vae) -> None:
 
 def distilled(name: str, preset: str, seed: int, mnist_path: Path):
     cfg = load_config(overrides={"preset": preset, "seed": seed})
+    torch.manual_seed(seed)  # before the student is built, as in distill.py: the same seed, the same student
     teacher, student, shape, x_train, x_test, y_test = task_parts(name, mnist_path, cfg)
-    done = distilled_path(name, preset, seed)
+    done = distilled_path(name, cfg, seed)
     out = done.parent
-    torch.manual_seed(seed)
     result = None
     if done.is_file():
         state = torch.load(done, map_location="cpu", weights_only=True)
