@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from pipeline.config import load_config
+from pipeline.errors import UsageError
 from stages.distill import criteria
 from stages.distill.averaging import WeightAverage
 from stages.distill.engine import build_memory, distill, expected_accuracy, largest_drop
@@ -153,8 +154,6 @@ def test_class_groups_and_phases_cycle_through_every_class():
 def test_class_phases_beyond_the_teachers_classes_is_refused(tmp_path):
     cfg = load_config(overrides={"preset": "smoke", "distill.class_phases": 5}).distill
     teacher = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
-    from pipeline.errors import UsageError
-
     with pytest.raises(UsageError, match="must not exceed the teacher's 3 classes"):
         distill(cfg, teacher, nn.Sequential(nn.Flatten(), nn.Linear(4, 3)), (4,), tmp_path, torch.device("cpu"))
 
