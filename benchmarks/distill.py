@@ -125,7 +125,7 @@ def run_one(task: str, mode: str, seed: int, preset: str, sets: dict, mnist_path
     def progress(step, row):
         if verbose and row and row["step"] == step:
             print(f"    {task}/{mode}/seed {seed} step {step}: accuracy {row['accuracy']:.4f} agreement {row['agreement']:.3f} "
-                  f"({row['elapsed_s']:.0f} s)", file=sys.stderr, flush=True)
+                  f"({row['elapsed_s']:.1f} s)", file=sys.stderr, flush=True)
 
     res = distill(cfg.distill, teacher, student, shape, run_dir, device, seed=seed, evaluate=evaluate,
                   progress=progress)

@@ -82,6 +82,10 @@ class DistillConfig:
     # Gaussian noise (std, in normalised input units) on the student's KD batch, labelled by the teacher on
     # the noisy inputs: the student learns the teacher around each synthetic sample, not only on it.
     input_noise: float = 0.3
+    # More of the same, off by default: each image of the student's batch shifted by up to `input_shift`
+    # pixels, and a fraction `input_mix` of the batch replaced by mixes of two samples (see augment.py).
+    input_shift: int = 0
+    input_mix: float = 0.0
     # The shipped (and evaluated) student is a moving average of the student's weights over its steps,
     # with this decay per student step; 0 ships the last weights as they are. No data selects anything.
     ema_decay: float = 0.995
@@ -242,6 +246,9 @@ def validate(cfg: RunConfig) -> RunConfig:
     for name in ("w_adv", "w_bn", "w_balance", "w_onehot", "w_activation", "input_noise"):
         _positive(f"distill.{name}", getattr(d, name), allow_zero=True)
     _positive("distill.class_phases", d.class_phases, allow_zero=True)
+    _positive("distill.input_shift", d.input_shift, allow_zero=True)
+    if not 0 <= d.input_mix <= 1:
+        raise UsageError(f"config: distill.input_mix must be in [0, 1], got {d.input_mix}")
     _positive("distill.phase_cycles", d.phase_cycles)
     if d.class_phases and d.class_phases * d.phase_cycles > d.iterations:
         raise UsageError(f"config: distill.class_phases x distill.phase_cycles ({d.class_phases} x {d.phase_cycles}) "

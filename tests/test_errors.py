@@ -174,6 +174,7 @@ CONFIG_CASES = [
     ("class-phases-negative", {}, ["run", "--set", "distill.class_phases=-1", "--out", "o"], ["distill.class_phases must be >= 0"]),
     ("class-phases-beyond-iterations", {}, ["run", "--preset", "smoke", "--set", "distill.class_phases=10", "--out", "o"],
      ["(10 x 2) must not exceed distill.iterations (12)"]),
+    ("input-mix-above-one", {}, ["run", "--set", "distill.input_mix=1.5", "--out", "o"], ["distill.input_mix must be in [0, 1]"]),
     ("seed-not-int", {}, ["run", "--seed", "abc", "--out", "o"], ["'abc' is not a valid integer"]),
     ("unknown-option", {}, ["run", "--colour", "red"], ["No such option '--colour'"]),
     ("resume-without-out", {}, ["run", "--resume"], ["--resume needs --out DIR"]),
@@ -291,6 +292,14 @@ def test_teacher_errors(work, kw, code, fragments):
                 "--force", cwd=work, timeout=180)
     assert_one_line_error(r, code, *fragments)
     assert not (work / "o_teacher" / "manifest.json").exists()
+
+
+def test_shift_larger_than_the_teachers_images(work):
+    # refused once the teacher's input shape is known, before the first training step
+    r = run_cli("run", "--preset", "smoke", "--set", "distill.input_shift=8", "--out", "o_shift", cwd=work, timeout=180)
+    assert_one_line_error(r, 2, "distill.input_shift (8) needs image inputs", "[1, 8, 8]")
+    assert not (work / "o_shift" / "manifest.json").exists()
+    assert not (work / "o_shift" / "distill" / "checkpoint.pt").exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")

@@ -23,7 +23,7 @@ from pipeline.config import DistillConfig
 from pipeline.errors import RunError, UsageError
 from pipeline.fileio import atomic_path
 from pipeline.world import SINGLE, World
-from stages.distill import criteria, parallel
+from stages.distill import augment, criteria, parallel
 from stages.distill.averaging import WeightAverage
 from stages.distill.memory import NoReplay, ReservoirMemory, VAEMemory
 from stages.distill.networks import VAE, build_generator
@@ -91,6 +91,9 @@ def distill(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, shape: t
     num_classes = _num_classes(teacher, shape, device)
     if cfg.class_phases > num_classes:
         raise UsageError(f"distill.class_phases ({cfg.class_phases}) must not exceed the teacher's {num_classes} classes")
+    if cfg.input_shift > 0 and (len(shape) != 3 or cfg.input_shift >= min(shape[1:])):
+        raise UsageError(f"distill.input_shift ({cfg.input_shift}) needs image inputs [C, H, W] larger than the "
+                         f"shift; this teacher takes {list(shape)}")
     groups = criteria.class_groups(num_classes, cfg.class_phases) if cfg.class_phases else None
     probes, probe_labels = None, None
     if world.is_main:
@@ -137,7 +140,7 @@ def distill(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, shape: t
     if isinstance(memory, VAEMemory):
         memory.trainer = parallel.wrap(memory.vae, world, device)
     batch, replay_batch = world.share(cfg.batch_size), world.share(cfg.replay_batch)
-    noisy = cfg.input_noise > 0
+    perturbed = cfg.input_noise > 0 or cfg.input_shift > 0 or cfg.input_mix > 0
 
     t0 = time.perf_counter()
     for it in range(start, cfg.iterations):
@@ -170,8 +173,8 @@ def distill(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, shape: t
                 x_new = generator(torch.randn(batch, cfg.latent_dim, device=device))
             replay = memory.sample(replay_batch)
             x_all = x_new if replay is None else torch.cat([x_new, replay])
-            if noisy:  # the teacher labels the noisy inputs below: KD around each sample, not only on it
-                x_all = x_all + cfg.input_noise * torch.randn_like(x_all)
+            if perturbed:  # the teacher labels the perturbed inputs below: KD around each sample, not only on it
+                x_all = augment.perturb(x_all, cfg.input_shift, cfg.input_mix, cfg.input_noise)
             with torch.no_grad():
                 t_all = teacher(x_all)  # one teacher pass serves the student and the memory
             loss_s = criteria.kd_loss(cfg.kd_loss, student_train(x_all), t_all, cfg.kd_temperature)
@@ -183,7 +186,7 @@ def distill(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, shape: t
                 average.update(student)
             if k < cfg.vae_steps:
                 n = x_new.shape[0]
-                if noisy:  # the memory learns the clean samples; it asks the teacher itself
+                if perturbed:  # the memory learns the clean samples; it asks the teacher itself
                     memory.observe(x_new, None, replay, None)
                 else:
                     memory.observe(x_new, t_all[:n], replay, None if replay is None else t_all[n:])
