@@ -18,6 +18,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from pipeline.errors import UsageError
+from pipeline.tasks import SHAPES
 
 TARGETS = ("jetson", "mobile")
 PRESETS = ("smoke", "default", "paper")
@@ -296,11 +297,22 @@ def validate(cfg: RunConfig) -> RunConfig:
         for name in ("weights", "program"):
             if getattr(t, name):
                 _check_file(cfg, f"teacher {name}", getattr(t, name))
+    _check_against_teacher(d, *(SHAPES[t.builtin] if t.builtin is not None else (tuple(t.input_shape), t.num_classes)))
     if cfg.student.arch != "auto":
         _check_spec(cfg, "student factory", cfg.student.arch)
     if cfg.student.weights:
         _check_file(cfg, "student weights", cfg.student.weights)
     return cfg
+
+
+def _check_against_teacher(d: DistillConfig, shape: tuple[int, ...], num_classes: int) -> None:
+    """Settings that depend on the teacher's input shape or class count (the engine checks them again)."""
+    if d.input_shift > 0 and (len(shape) != 3 or d.input_shift >= min(shape[1:])):
+        raise UsageError(f"config: distill.input_shift ({d.input_shift}) needs image inputs [C, H, W] larger than "
+                         f"the shift; this teacher takes {list(shape)}")
+    if d.class_phases > num_classes:
+        raise UsageError(f"config: distill.class_phases ({d.class_phases}) must not exceed the teacher's "
+                         f"{num_classes} classes")
 
 
 def _check_file(cfg: RunConfig, what: str, value: str) -> None:

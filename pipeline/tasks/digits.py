@@ -12,8 +12,9 @@ import numpy as np
 import torch
 from torch import nn
 
-INPUT_SHAPE = (1, 8, 8)
-NUM_CLASSES = 10
+from pipeline.tasks import SHAPES
+
+INPUT_SHAPE, NUM_CLASSES = SHAPES["digits"]
 CLASSES = [str(i) for i in range(10)]
 SCALE = 1.0 / 16.0  # raw pixel values are 0..16
 # Mean and std of the training split after scaling; fixed here so the contract never drifts.
