@@ -297,7 +297,7 @@ def validate(cfg: RunConfig) -> RunConfig:
         for name in ("weights", "program"):
             if getattr(t, name):
                 _check_file(cfg, f"teacher {name}", getattr(t, name))
-    _check_against_teacher(d, *(SHAPES[t.builtin] if t.builtin is not None else (tuple(t.input_shape), t.num_classes)))
+    check_against_teacher(d, *(SHAPES[t.builtin] if t.builtin is not None else (tuple(t.input_shape), t.num_classes)))
     if cfg.student.arch != "auto":
         _check_spec(cfg, "student factory", cfg.student.arch)
     if cfg.student.weights:
@@ -305,8 +305,9 @@ def validate(cfg: RunConfig) -> RunConfig:
     return cfg
 
 
-def _check_against_teacher(d: DistillConfig, shape: tuple[int, ...], num_classes: int) -> None:
-    """Settings that depend on the teacher's input shape or class count (the engine checks them again)."""
+def check_against_teacher(d: DistillConfig, shape: tuple[int, ...], num_classes: int) -> None:
+    """Settings that depend on the teacher's input shape or class count: checked here from the config, and
+    by the distillation engine from the teacher itself (for callers that bypass the config)."""
     if d.input_shift > 0 and (len(shape) != 3 or d.input_shift >= min(shape[1:])):
         raise UsageError(f"config: distill.input_shift ({d.input_shift}) needs image inputs [C, H, W] larger than "
                          f"the shift; this teacher takes {list(shape)}")

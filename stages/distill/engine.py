@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from pipeline.config import DistillConfig
+from pipeline.config import DistillConfig, check_against_teacher
 from pipeline.errors import RunError, UsageError
 from pipeline.fileio import atomic_path
 from pipeline.world import SINGLE, World
@@ -89,11 +89,7 @@ def distill(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, shape: t
     average = WeightAverage(student, cfg.ema_decay) if cfg.ema_decay > 0 else None
     shipped = average.model if average is not None else student  # what is evaluated and returned
     num_classes = _num_classes(teacher, shape, device)
-    if cfg.class_phases > num_classes:
-        raise UsageError(f"distill.class_phases ({cfg.class_phases}) must not exceed the teacher's {num_classes} classes")
-    if cfg.input_shift > 0 and (len(shape) != 3 or cfg.input_shift >= min(shape[1:])):
-        raise UsageError(f"distill.input_shift ({cfg.input_shift}) needs image inputs [C, H, W] larger than the "
-                         f"shift; this teacher takes {list(shape)}")
+    check_against_teacher(cfg, shape, num_classes)
     groups = criteria.class_groups(num_classes, cfg.class_phases) if cfg.class_phases else None
     probes, probe_labels = None, None
     if world.is_main:
