@@ -419,6 +419,52 @@ def test_resumed_run_equals_uninterrupted_run_bit_for_bit(tmp_path):
     assert [r["agreement"] for r in resumed.history] == [r["agreement"] for r in full.history]
 
 
+def _layouts(*models):
+    return {(i, n): p.is_contiguous() for i, m in enumerate(models) for n, p in m.state_dict().items() if p.dim() == 4}
+
+
+def test_models_come_back_in_the_default_layout_after_a_run_and_after_an_interrupt(tmp_path):
+    # The CPU loop runs image models channels-last; safetensors and ONNX export need the default
+    # layout back on everything the caller holds, the teacher included, however the run ends.
+    cfg = _smoke_cfg(iterations=4, checkpoint_every=2, eval_every=2, batch_size=16, replay_batch=8)
+    teacher, student = TinyTeacher().eval(), _student()
+    seen = []
+    res = distill(cfg, teacher, student, SHAPE, tmp_path / "a", torch.device("cpu"),
+                  evaluate=lambda m: seen.append(next(p for p in m.parameters() if p.dim() == 4)
+                                                 .is_contiguous(memory_format=torch.channels_last)) or 0.5)
+    assert seen and all(seen)  # channels-last while training
+    layouts = _layouts(teacher, student, res.student, res.generator, res.memory.vae)
+    assert len(layouts) >= 8 and all(layouts.values())
+    teacher2, student2 = TinyTeacher().eval(), _student()
+    with pytest.raises(KeyboardInterrupt):
+        distill(cfg, teacher2, student2, SHAPE, tmp_path / "b", torch.device("cpu"), progress=_stop_at(3))
+    assert all(_layouts(teacher2, student2).values())
+
+
+class ViewTeacher(nn.Module):
+    """Flattens with .view(), as many hand-written models do: a channels-last activation refuses that."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 8 * 8, 10)
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x))
+        return self.fc(h.view(h.shape[0], -1))
+
+
+def test_a_teacher_that_views_its_activations_runs_in_the_default_layout(tmp_path):
+    teacher = ViewTeacher().eval()
+    with pytest.raises(RuntimeError, match="view"):  # what the run would meet without the check
+        teacher.to(memory_format=torch.channels_last)(torch.zeros(2, *SHAPE).contiguous(memory_format=torch.channels_last))
+    teacher.to(memory_format=torch.contiguous_format)
+    cfg = _smoke_cfg(iterations=2, eval_every=1, batch_size=16, replay_batch=8)
+    res = distill(cfg, teacher, _student(), SHAPE, tmp_path, torch.device("cpu"), evaluate=lambda m: 0.5)
+    assert [r["step"] for r in res.history] == [1, 2]
+    assert all(_layouts(teacher, res.student, res.generator, res.memory.vae).values())
+
+
 def _stop_at(step):
     """A progress callback that interrupts the run (like Ctrl-C) when it reaches `step`."""
     def progress(s, row):
