@@ -79,8 +79,10 @@ class _Layout:
         self.modules: list[nn.Module] = []
 
     def adopt(self, *modules: nn.Module | None) -> None:
+        if not self.enabled:
+            return
         for m in modules:
-            if self.enabled and m is not None:
+            if m is not None:
                 m.to(memory_format=torch.channels_last)
                 self.modules.append(m)
 
@@ -115,9 +117,10 @@ def distill(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, shape: t
             memory=None, world: World = SINGLE) -> DistillResult:
     """Distil `teacher` into `student` without data. `memory` may carry an existing (shipped) VAE memory.
     Under torchrun (`world` of several processes) every rank calls this; rank 0 evaluates and checkpoints."""
-    layout = _Layout(enabled=len(shape) == 3 and torch.device(device).type == "cpu")
+    device = torch.device(device)
+    layout = _Layout(enabled=len(shape) == 3 and device.type == "cpu")
     try:
-        return _distill(cfg, teacher, student, shape, out_dir, torch.device(device), seed, evaluate, resume, progress,
+        return _distill(cfg, teacher, student, shape, out_dir, device, seed, evaluate, resume, progress,
                         memory, world, layout)
     finally:
         layout.restore()
