@@ -76,6 +76,27 @@ def test_bn_term_near_zero_on_matching_stats_and_larger_when_shifted():
     assert loss_shifted > 100 * loss_matched
 
 
+@pytest.mark.parametrize("layout", ["default", "channels_last", "vector"])
+def test_bn_term_matches_the_textbook_statistics(layout):
+    torch.manual_seed(0)
+    bn_layer = nn.BatchNorm1d(6) if layout == "vector" else nn.BatchNorm2d(6)
+    bn_layer.running_mean.uniform_(-1, 1)
+    bn_layer.running_var.uniform_(0.5, 2)
+    bn_layer.eval()
+    x = torch.randn(32, 6) * 1.7 + 0.3 if layout == "vector" else torch.randn(32, 6, 5, 5) * 1.7 + 0.3
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    dims = [0] + list(range(2, x.dim()))
+    expected = (torch.norm(x.mean(dims) - bn_layer.running_mean) +
+                torch.norm(x.var(dims, unbiased=False) - bn_layer.running_var))
+    term = criteria.BNStatistics(bn_layer)
+    with term:
+        bn_layer(x)
+        got = term.loss()
+    term.remove()
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
 def test_bn_hooks_only_record_inside_context():
     teacher = TinyTeacher().eval()
     bn = criteria.BNStatistics(teacher)
@@ -484,3 +505,4 @@ def test_student_spec_sizes_towards_ratio():
     spec = student_spec(SHAPE, 10, 94_186, 0.25)
     n = param_count(build_student(spec))
     assert 0.5 * 94_186 * 0.25 < n < 1.5 * 94_186 * 0.25
+
