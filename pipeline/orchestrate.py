@@ -133,7 +133,7 @@ def _distill_in_group(cfg: RunConfig, out: Path, resume: bool, console: Console,
     if result.vae is not None:
         wd.save_module(result.vae, out / wd.VAE_FILE)
         write_json(out / wd.VAE_SPEC, {"input_shape": list(spec.input_shape), "latent_dim": result.vae.latent_dim,
-                                       "width": cfg.distill.generator_width})
+                                       "width": result.vae.width})
     summary = {
         "replay": cfg.distill.replay,
         "replay_memory_bytes": result.memory.nbytes(),

@@ -506,3 +506,9 @@ def test_student_spec_sizes_towards_ratio():
     n = param_count(build_student(spec))
     assert 0.5 * 94_186 * 0.25 < n < 1.5 * 94_186 * 0.25
 
+
+def test_vae_width_is_its_own_setting():
+    teacher = TinyTeacher().eval()
+    memory = build_memory(_smoke_cfg(vae_width=16, generator_width=32), SHAPE, teacher, torch.device("cpu"))
+    assert memory.vae.width == 16 and memory.vae.decoder.width == 16
+    assert build_memory(_smoke_cfg(vae_width=48), SHAPE, teacher, torch.device("cpu")).vae.decoder.width == 48

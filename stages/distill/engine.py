@@ -49,7 +49,7 @@ class DistillResult:
 
 def build_memory(cfg: DistillConfig, shape: tuple[int, ...], teacher: nn.Module, device: torch.device):
     if cfg.replay == "vae":
-        return VAEMemory(VAE(shape, cfg.vae_latent_dim, width=cfg.generator_width).to(device), teacher, lr=cfg.lr_vae, recon=cfg.vae_recon,
+        return VAEMemory(VAE(shape, cfg.vae_latent_dim, width=cfg.vae_width).to(device), teacher, lr=cfg.lr_vae, recon=cfg.vae_recon,
                          kld_weight=cfg.vae_kld_weight, balanced=cfg.vae_balanced, rehearse=cfg.vae_rehearse,
                          features=cfg.vae_features)
     if cfg.replay == "memory":

@@ -104,7 +104,7 @@ class VAE(nn.Module):
 
     def __init__(self, shape: tuple[int, ...], latent_dim: int, width: int = 64):
         super().__init__()
-        self.latent_dim = latent_dim
+        self.latent_dim, self.width = latent_dim, width
         if _is_image(shape):
             self.encoder = ImageEncoder(shape, latent_dim, width=max(8, width // 2))
             self.decoder = ImageDecoder(latent_dim, shape, width=width)
