@@ -78,6 +78,9 @@ class DistillConfig:
     vae_kld_weight: float = 1e-3
     vae_balanced: bool = True  # class-balanced prior sampling (latent step towards balanced teacher classes)
     vae_rehearse: bool = True  # the VAE rehearses on its own samples while learning new ones
+    # > 0: replay draws latents from a Gaussian fitted to the encoder's codes (a moving average with this decay
+    # per VAE update) instead of N(0, I)
+    vae_prior_decay: float = 0.0
     generator_width: int = 64
     # The VAE's decoder width (its encoder is half as wide): 32 distils digits 28% faster than 64 at the same accuracy
     vae_width: int = 32
@@ -256,6 +259,8 @@ def validate(cfg: RunConfig) -> RunConfig:
     if d.class_phases and d.class_phases * d.phase_cycles > d.iterations:
         raise UsageError(f"config: distill.class_phases x distill.phase_cycles ({d.class_phases} x {d.phase_cycles}) "
                          f"must not exceed distill.iterations ({d.iterations})")
+    if not 0 <= d.vae_prior_decay < 1:
+        raise UsageError(f"config: distill.vae_prior_decay must be in [0, 1) (0: the N(0, I) prior), got {d.vae_prior_decay}")
     if not 0 <= d.ema_decay < 1:
         raise UsageError(f"config: distill.ema_decay must be in [0, 1) (0: no averaging), got {d.ema_decay}")
     for name in ("calibration_samples", "qat_batch", "qat_lr"):

@@ -57,7 +57,10 @@ def update_bundle(bundle: Path, cfg: RunConfig, out: Path, console: Console, for
 
             vae = VAE(tuple(vae_spec["input_shape"]), vae_spec["latent_dim"], width=vae_spec.get("width", 64))
             vae = wd.load_module(vae, bundle / vae_art.path)
-            memory = VAEMemory(vae.to(device), teacher, lr=cfg.distill.lr_vae, recon=cfg.distill.vae_recon)
+            d = cfg.distill
+            memory = VAEMemory(vae.to(device), teacher, lr=d.lr_vae, recon=d.vae_recon, kld_weight=d.vae_kld_weight,
+                               balanced=d.vae_balanced, rehearse=d.vae_rehearse, features=d.vae_features,
+                               prior_decay=d.vae_prior_decay)
             memory.updates = 1  # it has learned the old stream: replay from the first step
             return memory
 

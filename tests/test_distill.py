@@ -417,8 +417,10 @@ def test_the_evaluated_and_returned_student_is_the_weight_average(tmp_path, deca
         assert any(not torch.equal(raw[k], avg[k]) for k in raw if raw[k].is_floating_point())
 
 
-def test_resumed_run_equals_uninterrupted_run_bit_for_bit(tmp_path):
-    cfg = _smoke_cfg(iterations=6, checkpoint_every=3, eval_every=2, batch_size=16, replay_batch=8)
+@pytest.mark.parametrize("prior_decay", [0.0, 0.9])
+def test_resumed_run_equals_uninterrupted_run_bit_for_bit(tmp_path, prior_decay):
+    cfg = _smoke_cfg(iterations=6, checkpoint_every=3, eval_every=2, batch_size=16, replay_batch=8,
+                     vae_prior_decay=prior_decay)
     teacher = TinyTeacher().eval()
 
     torch.manual_seed(123)
@@ -435,7 +437,7 @@ def test_resumed_run_equals_uninterrupted_run_bit_for_bit(tmp_path):
     for (name, a), b in zip(full.student.state_dict().items(), resumed.student.state_dict().values()):
         assert torch.equal(a, b), name
     for a, b in zip(full.memory.vae.state_dict().values(), resumed.memory.vae.state_dict().values()):
-        assert torch.equal(a, b)
+        assert torch.equal(a, b)  # the fitted prior included
     assert [r["step"] for r in resumed.history] == [r["step"] for r in full.history]
     assert [r["agreement"] for r in resumed.history] == [r["agreement"] for r in full.history]
 
@@ -512,3 +514,44 @@ def test_vae_width_is_its_own_setting():
     memory = build_memory(_smoke_cfg(vae_width=16, generator_width=32), SHAPE, teacher, torch.device("cpu"))
     assert memory.vae.width == 16 and memory.vae.decoder.width == 16
     assert build_memory(_smoke_cfg(vae_width=48), SHAPE, teacher, torch.device("cpu")).vae.decoder.width == 48
+
+
+def test_fitted_prior_follows_the_codes_and_replay_draws_from_it():
+    torch.manual_seed(0)
+    mem = VAEMemory(VAE(SHAPE, 4), TinyTeacher().eval(), lr=1e-3, balanced=False, prior_decay=0.9)
+    mix = torch.tensor([[1.0, 0, 0, 0], [0.8, 0.6, 0, 0], [0, 0, 0.5, 0], [0, 0, 0, 2.0]])
+    target_mean, target_cov = torch.tensor([1.0, -2.0, 0.5, 0.0]), mix @ mix.T
+    for i in range(200):
+        mem.updates = i
+        mem._fit_prior(torch.randn(256, 4) @ mix.T + target_mean)
+    assert torch.allclose(mem.vae.prior_mean, target_mean, atol=0.15)
+    assert torch.allclose(mem.vae.prior_cov, target_cov, atol=0.2)
+    z = mem._balanced_latents(4096)
+    assert torch.allclose(z.mean(0), target_mean, atol=0.15)
+    assert torch.allclose(torch.cov(z.T), target_cov, atol=0.2)
+
+
+def test_prior_is_standard_normal_unless_fitted():
+    torch.manual_seed(0)
+    mem = VAEMemory(VAE(SHAPE, 4), TinyTeacher().eval(), lr=1e-3)  # prior_decay 0: the paper's N(0, I)
+    for _ in range(3):
+        mem.observe(torch.randn(16, *SHAPE) * 3 + 2)
+    assert torch.equal(mem.vae.prior_mean, torch.zeros(4)) and torch.equal(mem.vae.prior_cov, torch.eye(4))
+    fitted = VAEMemory(VAE(SHAPE, 4), TinyTeacher().eval(), lr=1e-3, prior_decay=0.9)
+    fitted.observe(torch.randn(16, *SHAPE) * 3 + 2)
+    assert not torch.equal(fitted.vae.prior_cov, torch.eye(4))
+
+
+def test_fitted_prior_ships_in_the_vae_file_and_old_files_still_load(tmp_path):
+    from pipeline import workdir as wd
+
+    vae = VAE(SHAPE, 4)
+    vae.prior_mean.fill_(0.5)
+    vae.prior_cov.mul_(2.0)
+    wd.save_module(vae, tmp_path / "vae.safetensors")
+    again = wd.load_module(VAE(SHAPE, 4), tmp_path / "vae.safetensors")
+    assert torch.equal(again.prior_mean, vae.prior_mean) and torch.equal(again.prior_cov, vae.prior_cov)
+    old = {k: v for k, v in vae.state_dict().items() if not k.startswith("prior_")}  # written before the fit existed
+    before = VAE(SHAPE, 4)
+    before.load_state_dict(old)
+    assert torch.equal(before.prior_mean, torch.zeros(4)) and torch.equal(before.prior_cov, torch.eye(4))

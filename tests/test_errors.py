@@ -171,6 +171,8 @@ CONFIG_CASES = [
     ("opset-too-old", {}, ["run", "--set", "export.opset=11", "--out", "o"], ["export.opset must be between 13 and 21"]),
     ("ratio-above-one", {}, ["run", "--student-ratio", "2", "--out", "o"], ["student.ratio must be in (0, 1]"]),
     ("vae-width-zero", {}, ["run", "--set", "distill.vae_width=0", "--out", "o"], ["distill.vae_width must be > 0, got 0"]),
+    ("vae-prior-decay-one", {}, ["run", "--set", "distill.vae_prior_decay=1", "--out", "o"],
+     ["distill.vae_prior_decay must be in [0, 1)"]),
     ("ema-decay-one", {}, ["run", "--set", "distill.ema_decay=1", "--out", "o"], ["distill.ema_decay must be in [0, 1)"]),
     ("class-phases-negative", {}, ["run", "--set", "distill.class_phases=-1", "--out", "o"], ["distill.class_phases must be >= 0"]),
     ("class-phases-beyond-iterations", {}, ["run", "--preset", "smoke", "--set", "distill.class_phases=10", "--out", "o"],

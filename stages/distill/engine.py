@@ -51,7 +51,7 @@ def build_memory(cfg: DistillConfig, shape: tuple[int, ...], teacher: nn.Module,
     if cfg.replay == "vae":
         return VAEMemory(VAE(shape, cfg.vae_latent_dim, width=cfg.vae_width).to(device), teacher, lr=cfg.lr_vae, recon=cfg.vae_recon,
                          kld_weight=cfg.vae_kld_weight, balanced=cfg.vae_balanced, rehearse=cfg.vae_rehearse,
-                         features=cfg.vae_features)
+                         features=cfg.vae_features, prior_decay=cfg.vae_prior_decay)
     if cfg.replay == "memory":
         return ReservoirMemory(shape, cfg.memory_bytes, device)
     return NoReplay()

@@ -111,6 +111,27 @@ class VAE(nn.Module):
         else:
             self.encoder = VectorEncoder(shape, latent_dim, width=4 * width)
             self.decoder = VectorDecoder(latent_dim, shape, width=4 * width)
+        # Replay draws latents from a Gaussian fitted to the encoder's codes (the aggregate posterior), not
+        # from N(0, I): with a weak KL term the codes of the stream are correlated and off-centre, and prior
+        # draws decode to a few ambiguous blobs. Buffers, so the fit ships inside the VAE's file.
+        self.register_buffer("prior_mean", torch.zeros(latent_dim))
+        self.register_buffer("prior_cov", torch.eye(latent_dim))
+
+    def prior_scale(self) -> torch.Tensor:
+        """Lower-triangular L with L L^T = prior_cov; jittered if the fit is not positive definite, and its
+        diagonal if even that fails."""
+        scale, info = torch.linalg.cholesky_ex(self.prior_cov)
+        if int(info) == 0:
+            return scale
+        cov = self.prior_cov + 1e-4 * torch.eye(self.latent_dim, device=self.prior_cov.device)
+        scale, info = torch.linalg.cholesky_ex(cov)
+        return scale if int(info) == 0 else torch.diag(cov.diagonal().clamp_min(1e-4).sqrt())
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # A VAE saved before the fitted prior has none: it keeps N(0, I)
+        for name in ("prior_mean", "prior_cov"):
+            state_dict.setdefault(prefix + name, getattr(self, name).detach().clone())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         mu, log_var = self.encoder(x)
