@@ -15,7 +15,7 @@ from stages.distill import criteria
 from stages.distill.averaging import WeightAverage
 from stages.distill.engine import build_memory, distill, expected_accuracy, largest_drop
 from stages.distill.memory import NoReplay, ReservoirMemory, VAEMemory
-from stages.distill.networks import VAE, build_student, param_count, student_spec
+from stages.distill.networks import VAE, auto_vae_width, build_student, param_count, student_spec
 
 SHAPE = (1, 8, 8)
 
@@ -509,11 +509,15 @@ def test_student_spec_sizes_towards_ratio():
     assert 0.5 * 94_186 * 0.25 < n < 1.5 * 94_186 * 0.25
 
 
-def test_vae_width_is_its_own_setting():
+def test_vae_width_is_its_own_setting_and_sized_from_the_input_by_default():
     teacher = TinyTeacher().eval()
     memory = build_memory(_smoke_cfg(vae_width=16, generator_width=32), SHAPE, teacher, torch.device("cpu"))
     assert memory.vae.width == 16 and memory.vae.decoder.width == 16
     assert build_memory(_smoke_cfg(vae_width=48), SHAPE, teacher, torch.device("cpu")).vae.decoder.width == 48
+    assert _smoke_cfg().vae_width == 0  # auto
+    assert build_memory(_smoke_cfg(), SHAPE, teacher, torch.device("cpu")).vae.width == 32  # 8x8
+    assert auto_vae_width((1, 16, 16)) == 32 and auto_vae_width((1, 28, 28)) == 64 and auto_vae_width((3, 32, 32)) == 64
+    assert auto_vae_width((12,)) == 64
 
 
 def test_fitted_prior_follows_the_codes_and_replay_draws_from_it():

@@ -26,7 +26,7 @@ from pipeline.world import SINGLE, World
 from stages.distill import augment, criteria, parallel
 from stages.distill.averaging import WeightAverage
 from stages.distill.memory import NoReplay, ReservoirMemory, VAEMemory
-from stages.distill.networks import VAE, build_generator
+from stages.distill.networks import VAE, auto_vae_width, build_generator
 from stages.distill.probes import agreement, synthesize_probes
 
 CHECKPOINT = "checkpoint.pt"
@@ -49,7 +49,7 @@ class DistillResult:
 
 def build_memory(cfg: DistillConfig, shape: tuple[int, ...], teacher: nn.Module, device: torch.device):
     if cfg.replay == "vae":
-        return VAEMemory(VAE(shape, cfg.vae_latent_dim, width=cfg.vae_width).to(device), teacher, lr=cfg.lr_vae, recon=cfg.vae_recon,
+        return VAEMemory(VAE(shape, cfg.vae_latent_dim, width=cfg.vae_width or auto_vae_width(shape)).to(device), teacher, lr=cfg.lr_vae, recon=cfg.vae_recon,
                          kld_weight=cfg.vae_kld_weight, balanced=cfg.vae_balanced, rehearse=cfg.vae_rehearse,
                          features=cfg.vae_features, prior_decay=cfg.vae_prior_decay)
     if cfg.replay == "memory":
