@@ -52,15 +52,12 @@ def update_bundle(bundle: Path, cfg: RunConfig, out: Path, console: Console, for
         cfg.distill.vae_latent_dim = int(vae_spec["latent_dim"])
 
         def memory_factory(teacher, device):
-            from stages.distill.memory import VAEMemory
+            from stages.distill.engine import vae_memory
             from stages.distill.networks import VAE
 
             vae = VAE(tuple(vae_spec["input_shape"]), vae_spec["latent_dim"], width=vae_spec.get("width", 64))
             vae = wd.load_module(vae, bundle / vae_art.path)
-            d = cfg.distill
-            memory = VAEMemory(vae.to(device), teacher, lr=d.lr_vae, recon=d.vae_recon, kld_weight=d.vae_kld_weight,
-                               balanced=d.vae_balanced, rehearse=d.vae_rehearse, features=d.vae_features,
-                               prior_decay=d.vae_prior_decay)
+            memory = vae_memory(cfg.distill, vae.to(device), teacher)
             memory.updates = 1  # it has learned the old stream: replay from the first step
             return memory
 

@@ -47,11 +47,17 @@ class DistillResult:
         return self.memory.vae if isinstance(self.memory, VAEMemory) else None
 
 
+def vae_memory(cfg: DistillConfig, vae: VAE, teacher: nn.Module) -> VAEMemory:
+    """A VAE memory around `vae` (a fresh one, or a bundle's) with the run's VAE settings."""
+    return VAEMemory(vae, teacher, lr=cfg.lr_vae, recon=cfg.vae_recon, kld_weight=cfg.vae_kld_weight,
+                     balanced=cfg.vae_balanced, rehearse=cfg.vae_rehearse, features=cfg.vae_features,
+                     prior_decay=cfg.vae_prior_decay)
+
+
 def build_memory(cfg: DistillConfig, shape: tuple[int, ...], teacher: nn.Module, device: torch.device):
     if cfg.replay == "vae":
-        return VAEMemory(VAE(shape, cfg.vae_latent_dim, width=cfg.vae_width or auto_vae_width(shape)).to(device), teacher, lr=cfg.lr_vae, recon=cfg.vae_recon,
-                         kld_weight=cfg.vae_kld_weight, balanced=cfg.vae_balanced, rehearse=cfg.vae_rehearse,
-                         features=cfg.vae_features, prior_decay=cfg.vae_prior_decay)
+        vae = VAE(shape, cfg.vae_latent_dim, width=cfg.vae_width or auto_vae_width(shape)).to(device)
+        return vae_memory(cfg, vae, teacher)
     if cfg.replay == "memory":
         return ReservoirMemory(shape, cfg.memory_bytes, device)
     return NoReplay()
