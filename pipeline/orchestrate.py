@@ -174,9 +174,10 @@ def _load_stage_models(out: Path, run: dict, cfg: RunConfig, device: torch.devic
 
 def synthetic_sources(cfg: RunConfig, teacher, generator, vae, shape, device):
     """Callables returning batches of synthetic inputs: the only data stage 2 ever sees."""
-    from stages.distill.memory import VAEMemory
+    from stages.distill.engine import vae_memory
 
-    memory = VAEMemory(vae, teacher, lr=cfg.distill.lr_vae) if vae is not None else None
+    # The run's own VAE settings (class balancing on or off) decide how calibration samples are drawn too
+    memory = vae_memory(cfg.distill, vae, teacher) if vae is not None else None
     if memory is not None:
         memory.updates = 1  # a trained, shipped VAE: sampling is meaningful
 

@@ -90,3 +90,24 @@ def test_qat_reduces_kd_loss(models):
     res = quantize(student, teacher, calib, lambda: fixed, QuantizeConfig(qat_steps=40, qat_lr=1e-3), "onnxruntime",
                    "noise", torch.randn(1, 1, 8, 8))
     assert np.mean(res.qat_losses[-5:]) < np.mean(res.qat_losses[:5])
+
+
+@pytest.mark.parametrize("balanced", [True, False])
+def test_calibration_samples_follow_the_runs_vae_settings(balanced):
+    from pipeline.config import RunConfig
+    from pipeline.orchestrate import synthetic_sources
+    from stages.distill.networks import VAE
+
+    cfg = RunConfig()
+    cfg.distill.vae_balanced = balanced
+    shape = (1, 8, 8)
+    vae = VAE(shape, 4, width=16).eval()
+    teacher = build_student({"family": "conv", "shape": list(shape), "num_classes": 10, "widths": [4, 8]}).eval()
+    sources, has_vae = synthetic_sources(cfg, teacher, nn.Identity(), vae, shape, torch.device("cpu"))
+    assert has_vae
+    torch.manual_seed(0)
+    got = sources["vae"](16)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        plain = vae.decoder(torch.randn(16, 4))  # a draw from the prior with no class-balancing step
+    assert torch.allclose(got, plain) is (not balanced)
