@@ -525,14 +525,29 @@ def test_fitted_prior_follows_the_codes_and_replay_draws_from_it():
     mem = VAEMemory(VAE(SHAPE, 4), TinyTeacher().eval(), lr=1e-3, balanced=False, prior_decay=0.9)
     mix = torch.tensor([[1.0, 0, 0, 0], [0.8, 0.6, 0, 0], [0, 0, 0.5, 0], [0, 0, 0, 2.0]])
     target_mean, target_cov = torch.tensor([1.0, -2.0, 0.5, 0.0]), mix @ mix.T
-    for i in range(200):
-        mem.updates = i
+    for _ in range(200):
         mem._fit_prior(torch.randn(256, 4) @ mix.T + target_mean)
     assert torch.allclose(mem.vae.prior_mean, target_mean, atol=0.15)
     assert torch.allclose(mem.vae.prior_cov, target_cov, atol=0.2)
     z = mem._balanced_latents(4096)
     assert torch.allclose(z.mean(0), target_mean, atol=0.15)
     assert torch.allclose(torch.cov(z.T), target_cov, atol=0.2)
+
+
+def test_a_shipped_fit_moves_at_its_decay_and_a_fresh_one_follows_the_codes():
+    codes = torch.randn(64, 4) + 3.0
+    shipped = VAE(SHAPE, 4)
+    shipped.prior_mean.fill_(0.5)
+    shipped.prior_count.fill_(500)  # fitted over a whole run before it shipped
+    mem = VAEMemory(shipped, TinyTeacher().eval(), lr=1e-3, prior_decay=0.9)
+    mem.updates = 1  # as `pipeline update` hands it over
+    mem._fit_prior(codes)
+    assert torch.allclose(shipped.prior_mean, 0.5 + 0.1 * (codes.mean(0) - 0.5))
+    assert int(shipped.prior_count) == 501
+    fresh = VAEMemory(VAE(SHAPE, 4), TinyTeacher().eval(), lr=1e-3, prior_decay=0.9)
+    fresh.updates = 1
+    fresh._fit_prior(codes)  # an older file's N(0, I) was never fitted: the first codes replace it
+    assert torch.allclose(fresh.vae.prior_mean, codes.mean(0))
 
 
 def test_prior_is_standard_normal_unless_fitted():
@@ -552,10 +567,13 @@ def test_fitted_prior_ships_in_the_vae_file_and_old_files_still_load(tmp_path):
     vae = VAE(SHAPE, 4)
     vae.prior_mean.fill_(0.5)
     vae.prior_cov.mul_(2.0)
+    vae.prior_count.fill_(7)
     wd.save_module(vae, tmp_path / "vae.safetensors")
     again = wd.load_module(VAE(SHAPE, 4), tmp_path / "vae.safetensors")
     assert torch.equal(again.prior_mean, vae.prior_mean) and torch.equal(again.prior_cov, vae.prior_cov)
+    assert int(again.prior_count) == 7
     old = {k: v for k, v in vae.state_dict().items() if not k.startswith("prior_")}  # written before the fit existed
     before = VAE(SHAPE, 4)
     before.load_state_dict(old)
     assert torch.equal(before.prior_mean, torch.zeros(4)) and torch.equal(before.prior_cov, torch.eye(4))
+    assert int(before.prior_count) == 0

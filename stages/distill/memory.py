@@ -129,7 +129,9 @@ class VAEMemory:
     def _fit_prior(self, mu: torch.Tensor) -> None:
         # Moving averages of the codes' mean and second moment; the first updates follow the codes closely.
         # Under DDP each rank fits its own codes and the forward pass re-broadcasts rank 0's buffers.
-        rate = max(1.0 - self.prior_decay, 1.0 / (self.updates + 1))
+        count = int(self.vae.prior_count)
+        rate = max(1.0 - self.prior_decay, 1.0 / (count + 1))
+        self.vae.prior_count.fill_(count + 1)
         mean, cov = self.vae.prior_mean, self.vae.prior_cov
         second = cov + torch.outer(mean, mean)
         mean.lerp_(mu.mean(0), rate)

@@ -122,6 +122,9 @@ class VAE(nn.Module):
         # draws decode to a few ambiguous blobs. Buffers, so the fit ships inside the VAE's file.
         self.register_buffer("prior_mean", torch.zeros(latent_dim))
         self.register_buffer("prior_cov", torch.eye(latent_dim))
+        # How many VAE updates the fit has seen: a shipped VAE's fit moves at its decay from the first update
+        # of an on-device run, while a fresh fit (or N(0, I) from an older file) follows the codes at once.
+        self.register_buffer("prior_count", torch.zeros((), dtype=torch.long))
 
     def prior_scale(self) -> torch.Tensor:
         """Lower-triangular L with L L^T = prior_cov; jittered if the fit is not positive definite, and its
@@ -135,7 +138,7 @@ class VAE(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # A VAE saved before the fitted prior has none: it keeps N(0, I)
-        for name in ("prior_mean", "prior_cov"):
+        for name in ("prior_mean", "prior_cov", "prior_count"):
             state_dict.setdefault(prefix + name, getattr(self, name).detach().clone())
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
