@@ -133,7 +133,7 @@ def run_one(task: str, mode: str, seed: int, preset: str, sets: dict, mnist_path
         # The same student the quantize benchmark would distil (same preset, seed, settings): leave it there.
         from quantize import distilled_path, save_distilled
 
-        save_distilled(distilled_path(task, cfg, seed), res.student, res.generator, res.memory.vae)
+        save_distilled(distilled_path(task, cfg, seed, res.student), res.student, res.generator, res.memory.vae)
     accs = [r["accuracy"] for r in res.history if r["accuracy"] is not None]
     second = accs[len(accs) // 2:]
     final = evaluate(res.student)

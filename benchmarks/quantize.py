@@ -54,11 +54,12 @@ def task_parts(name: str, mnist_path: Path, cfg):
     return teacher.eval(), mnist.lenet5_half(), mnist.INPUT_SHAPE, x_train, x_test, y_test
 
 
-def distilled_path(task: str, cfg, seed: int) -> Path:
+def distilled_path(task: str, cfg, seed: int, student: torch.nn.Module) -> Path:
     """Where a distilled student (with its generator and VAE) for this task, settings and seed is cached.
-    The key holds a digest of the distillation and student settings: a changed default distils afresh."""
-    settings = json.dumps({"distill": dataclasses.asdict(cfg.distill), "student": dataclasses.asdict(cfg.student)},
-                          sort_keys=True)
+    The key holds a digest of the distillation and student settings and of the student's layers: a changed
+    default or a changed built-in student distils afresh."""
+    settings = json.dumps({"distill": dataclasses.asdict(cfg.distill), "student": dataclasses.asdict(cfg.student),
+                           "layers": repr(student)}, sort_keys=True)
     digest = hashlib.sha256(settings.encode()).hexdigest()[:10]
     return CACHE / f"quantize-{task}-{cfg.preset}-s{seed}-{digest}" / "distilled.pt"
 
@@ -72,7 +73,7 @@ def distilled(name: str, preset: str, seed: int, mnist_path: Path):
     cfg = load_config(overrides={"preset": preset, "seed": seed})
     torch.manual_seed(seed)  # before the student is built, as in distill.py: the same seed, the same student
     teacher, student, shape, x_train, x_test, y_test = task_parts(name, mnist_path, cfg)
-    done = distilled_path(name, cfg, seed)
+    done = distilled_path(name, cfg, seed, student)
     out = done.parent
     result = None
     if done.is_file():

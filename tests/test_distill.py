@@ -509,6 +509,38 @@ def test_student_spec_sizes_towards_ratio():
     assert 0.5 * 94_186 * 0.25 < n < 1.5 * 94_186 * 0.25
 
 
+def _resolutions(model: nn.Module, shape) -> list[int]:
+    """The side length each convolution of `model` works at."""
+    sides: list[int] = []
+    hooks = [m.register_forward_hook(lambda m, i, o: sides.append(o.shape[-1]))
+             for m in model.modules() if isinstance(m, nn.Conv2d)]
+    model.eval()(torch.zeros(1, *shape))
+    for h in hooks:
+        h.remove()
+    return sides
+
+
+def test_new_students_pool_late_and_students_specified_before_rebuild_early(tmp_path):
+    from pipeline import workdir as wd
+
+    spec = student_spec(SHAPE, 10, 94_186, 0.25)
+    assert spec["pooling"] == "late"
+    assert _resolutions(build_student(spec), SHAPE) == [8, 8, 4]  # full resolution through two convolutions
+    before = {k: v for k, v in spec.items() if k != "pooling"}  # a student.json written before late pooling
+    old = build_student(before)
+    assert _resolutions(old, SHAPE) == [8, 4, 4]
+    wd.save_module(old, tmp_path / "student.safetensors")
+    again = wd.load_module(build_student(before), tmp_path / "student.safetensors")
+    x = torch.randn(4, *SHAPE)
+    assert torch.equal(again.eval()(x), old.eval()(x))  # its weights still compute what they were trained to
+    # From 16 pixels a side there is room for a pooling between every two stages: both rules agree
+    big = {**spec, "shape": [3, 32, 32]}
+    assert _resolutions(build_student(big), (3, 32, 32)) == _resolutions(build_student({**big, "pooling": "early"}),
+                                                                          (3, 32, 32)) == [32, 16, 8]
+    with pytest.raises(ValueError, match="pooling"):
+        build_student({**spec, "pooling": "middle"})
+
+
 def test_vae_width_is_its_own_setting_and_sized_from_the_input_by_default():
     teacher = TinyTeacher().eval()
     memory = build_memory(_smoke_cfg(vae_width=16, generator_width=32), SHAPE, teacher, torch.device("cpu"))
