@@ -260,10 +260,9 @@ def validate(cfg: RunConfig) -> RunConfig:
     if d.class_phases and d.class_phases * d.phase_cycles > d.iterations:
         raise UsageError(f"config: distill.class_phases x distill.phase_cycles ({d.class_phases} x {d.phase_cycles}) "
                          f"must not exceed distill.iterations ({d.iterations})")
-    if not 0 <= d.vae_prior_decay < 1:
-        raise UsageError(f"config: distill.vae_prior_decay must be in [0, 1) (0: the N(0, I) prior), got {d.vae_prior_decay}")
-    if not 0 <= d.ema_decay < 1:
-        raise UsageError(f"config: distill.ema_decay must be in [0, 1) (0: no averaging), got {d.ema_decay}")
+    for name, zero_means in (("vae_prior_decay", "the N(0, I) prior"), ("ema_decay", "no averaging")):
+        if not 0 <= getattr(d, name) < 1:
+            raise UsageError(f"config: distill.{name} must be in [0, 1) (0: {zero_means}), got {getattr(d, name)}")
     for name in ("calibration_samples", "qat_batch", "qat_lr"):
         _positive(f"quantize.{name}", getattr(q, name))
     _positive("quantize.qat_steps", q.qat_steps, allow_zero=True)

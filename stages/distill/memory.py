@@ -111,19 +111,21 @@ class VAEMemory:
         return next(self.vae.parameters()).device
 
     def _balanced_latents(self, n: int) -> torch.Tensor:
-        # u is the whitened code: z = mean + L u, with u ~ N(0, I) before the balancing step
-        mean, scale = self.vae.prior_mean, self.vae.prior_scale()
+        # u is the whitened code: z = mean + L u under a fitted prior (z = u under N(0, I)), u ~ N(0, I) before
+        # the balancing step
+        fit = self.vae.fitted_prior()
+        codes = (lambda u: u) if fit is None else (lambda u: fit[0] + u @ fit[1].T)
         u = torch.randn(n, self.vae.latent_dim, device=self.device)
         if not self.balanced:
-            return mean + u @ scale.T
+            return codes(u)
         u.requires_grad_(True)
         for _ in range(self.z_steps):
-            logits = self.teacher(self.vae.decoder(mean + u @ scale.T))
+            logits = self.teacher(self.vae.decoder(codes(u)))
             moments = F.mse_loss(u.var(0), torch.ones_like(u[0])) + F.mse_loss(u.mean(0), torch.zeros_like(u[0]))
             loss = 5.0 * criteria.class_balance(logits) + criteria.onehot(logits) + moments
             (grad,) = torch.autograd.grad(loss, u)
             u = (u - self.z_lr * grad * n).detach().requires_grad_(True)  # x n: the losses are batch means
-        return (mean + u @ scale.T).detach()
+        return codes(u).detach()
 
     @torch.no_grad()
     def _fit_prior(self, mu: torch.Tensor) -> None:

