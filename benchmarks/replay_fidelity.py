@@ -5,7 +5,8 @@
 
 The run is a `vae` run as in benchmarks/distill.py, same scenario and settings (its random stream is its own: the VAE
 is built before the run starts, so the seed does not give the benchmark's run step for step; judging leaves the stream
-alone); a reservoir of distill.memory_bytes only watches the stream the VAE learns. At each checkpoint both replay `--samples` inputs and each is judged by
+alone); a reservoir of distill.memory_bytes only watches the stream the VAE learns. At each checkpoint both replay
+`--samples` inputs and each is judged by
   classes     the teacher's argmax over them: the rarest and the commonest class's share (0.10 each when balanced)
   confidence  the teacher's mean top probability
   kd value    real accuracy of a fresh copy of the run's initial student trained only on them (KD from the
@@ -34,13 +35,15 @@ from distill import SCENARIOS, _parse_sets, _task  # noqa: E402
 
 def kd_value(student: torch.nn.Module, teacher: torch.nn.Module, samples: torch.Tensor, evaluate, steps: int) -> float:
     """Real accuracy of `student` (a fresh copy) after `steps` KD steps on `samples` alone."""
+    from stages.distill import criteria
+
     student = copy.deepcopy(student).train()
     opt = torch.optim.Adam(student.parameters(), lr=1e-2)
     with torch.no_grad():
-        targets = F.softmax(teacher(samples), dim=1)
+        t_logits = teacher(samples)
     for _ in range(steps):
         idx = torch.randint(0, len(samples), (128,))
-        loss = F.kl_div(F.log_softmax(student(samples[idx]), dim=1), targets[idx], reduction="batchmean")
+        loss = criteria.kd_loss("kl", student(samples[idx]), t_logits[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -55,7 +58,9 @@ def judge(samples: torch.Tensor, teacher, fresh_student, evaluate, kd_steps: int
             "kd_value": kd_value(fresh_student, teacher, samples, evaluate, kd_steps)}
 
 
-def run_seed(seed: int, scenario: str, sets: dict, at: list[int] | None, n: int, kd_steps: int, out: Path) -> list[dict]:
+def run_seed(seed: int, scenario: str, sets: dict, at: list[int] | None, n: int, kd_steps: int,
+             out: Path) -> tuple[list[dict], float]:
+    """The judged rows of one seed's run, and the final accuracy of the run's own student."""
     from pipeline.config import load_config
     from stages.distill.engine import build_memory, distill
     from stages.distill.memory import ReservoirMemory
@@ -83,16 +88,15 @@ def run_seed(seed: int, scenario: str, sets: dict, at: list[int] | None, n: int,
             return
         rng = torch.get_rng_state()  # judging draws random numbers: the run goes on as without it
         for source, draw in (("vae", memory.sample), ("stored", stored.sample)):
-            samples = torch.cat([draw(min(n, 512)) for _ in range(max(1, n // 512))])
+            # in batches of at most 512: the VAE's class-balancing step acts on one batch at a time
+            samples = torch.cat([draw(min(512, n - i)) for i in range(0, n, 512)])
             rows.append({"seed": seed, "step": step, "source": source,
                          **judge(samples.detach(), teacher, fresh, evaluate, kd_steps)})
         torch.set_rng_state(rng)
 
     res = distill(cfg.distill, teacher, student, shape, out / f"fidelity-s{seed}", torch.device("cpu"), seed=seed,
                   evaluate=evaluate, progress=progress, memory=memory)
-    for r in rows:
-        r["run_final"] = evaluate(res.student)
-    return rows
+    return rows, evaluate(res.student)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,8 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     sets = {"distill.phase_cycles": 1, "student.ratio": 0.05, "distill.lr_student": 3e-2,
             "distill.vae_prior_decay": 0.99, **_parse_sets(args.set)}
     at = [int(s) for s in args.at.split(",") if s.strip()] or None
-    rows = [r for seed in (int(s) for s in args.seeds.split(",") if s.strip())
-            for r in run_seed(seed, args.scenario, sets, at, args.samples, args.kd_steps, args.out)]
+    rows, finals = [], {}
+    for seed in (int(s) for s in args.seeds.split(",") if s.strip()):
+        seed_rows, finals[seed] = run_seed(seed, args.scenario, sets, at, args.samples, args.kd_steps, args.out)
+        rows += seed_rows
 
     print("| seed | iteration | replay | rarest class | commonest class | teacher confidence | kd value |")
     print("|---|---|---|---|---|---|---|")
@@ -131,8 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {step} | {source} | {statistics.mean(r['kd_value'] for r in rs):.4f} "
                   f"| {statistics.mean(r['rarest'] for r in rs):.3f} | {statistics.mean(r['commonest'] for r in rs):.3f} |")
     print()
-    print("Final accuracy of each run (its own student): " +
-          ", ".join(f"seed {r['seed']} {r['run_final']:.4f}" for r in rows if r["source"] == "vae" and r["step"] == rows[-1]["step"]))
+    print("Final accuracy of each run (its own student): " + ", ".join(f"seed {s} {a:.4f}" for s, a in finals.items()))
     return 0
 
 
