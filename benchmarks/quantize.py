@@ -78,15 +78,15 @@ def distilled(name: str, preset: str, seed: int, mnist_path: Path):
     result = None
     if done.is_file():
         state = torch.load(done, map_location="cpu", weights_only=True)
-        from stages.distill.engine import build_memory
-        from stages.distill.networks import build_generator
+        from stages.distill.engine import vae_memory
+        from stages.distill.networks import VAE, auto_vae_width, build_generator
 
         student.load_state_dict(state["student"])
         generator = build_generator(cfg.distill.latent_dim, shape, width=cfg.distill.generator_width)
         generator.load_state_dict(state["generator"])
-        memory = build_memory(cfg.distill, shape, teacher, torch.device("cpu"))
-        memory.vae.load_state_dict(state["vae"])
-        memory.updates = 1
+        vae = VAE(shape, cfg.distill.vae_latent_dim, width=cfg.distill.vae_width or auto_vae_width(shape))
+        vae.load_state_dict(state["vae"])
+        memory = vae_memory(cfg.distill, vae, teacher, trained=True)
     else:
         t0 = time.perf_counter()
         result = distill(cfg.distill, teacher, student, shape, out, torch.device("cpu"), seed=seed)

@@ -177,9 +177,7 @@ def synthetic_sources(cfg: RunConfig, teacher, generator, vae, shape, device):
     from stages.distill.engine import vae_memory
 
     # The run's own VAE settings (class balancing on or off) decide how calibration samples are drawn too
-    memory = vae_memory(cfg.distill, vae, teacher) if vae is not None else None
-    if memory is not None:
-        memory.updates = 1  # a trained, shipped VAE: sampling is meaningful
+    memory = vae_memory(cfg.distill, vae, teacher, trained=True) if vae is not None else None
 
     def from_generator(n: int) -> torch.Tensor:
         with torch.no_grad():

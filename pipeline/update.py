@@ -57,9 +57,7 @@ def update_bundle(bundle: Path, cfg: RunConfig, out: Path, console: Console, for
 
             vae = VAE(tuple(vae_spec["input_shape"]), vae_spec["latent_dim"], width=vae_spec.get("width", 64))
             vae = wd.load_module(vae, bundle / vae_art.path)
-            memory = vae_memory(cfg.distill, vae.to(device), teacher)
-            memory.updates = 1  # it has learned the old stream: replay from the first step
-            return memory
+            return vae_memory(cfg.distill, vae.to(device), teacher, trained=True)  # replays the old stream at once
 
     console.info(f"update: {bundle} -> {out} (target {manifest.target}, replay {cfg.distill.replay})")
     stage_distill(cfg, out, False, console, memory_factory=memory_factory,
