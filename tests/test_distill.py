@@ -582,6 +582,23 @@ def test_a_shipped_fit_moves_at_its_decay_and_a_fresh_one_follows_the_codes():
     assert torch.allclose(fresh.vae.prior_mean, codes.mean(0))
 
 
+def test_prior_factor_is_computed_once_per_state_of_the_fit():
+    torch.manual_seed(0)
+    mem = VAEMemory(VAE(SHAPE, 4), TinyTeacher().eval(), lr=1e-3, prior_decay=0.9)
+    mem._fit_prior(torch.randn(64, 4) * 2 + 1)
+    _, first = mem.vae.fitted_prior()
+    assert mem.vae.fitted_prior()[1] is first  # a fixed fit: draws reuse the factor
+    assert torch.allclose(first @ first.T, mem.vae.prior_cov, atol=1e-5)
+    mem._fit_prior(torch.randn(64, 4) * 3)
+    _, second = mem.vae.fitted_prior()
+    assert second is not first and torch.equal(second, mem.vae.prior_scale())
+    other = VAE(SHAPE, 4)
+    other.prior_cov.copy_(torch.diag(torch.tensor([4.0, 1.0, 9.0, 0.25])))
+    other.prior_count.fill_(1)
+    mem.vae.load_state_dict(other.state_dict())  # a loaded fit is factorised afresh
+    assert torch.allclose(mem.vae.fitted_prior()[1], torch.diag(torch.tensor([2.0, 1.0, 3.0, 0.5])))
+
+
 def test_prior_is_standard_normal_unless_fitted():
     torch.manual_seed(0)
     mem = VAEMemory(VAE(SHAPE, 4), TinyTeacher().eval(), lr=1e-3)  # prior_decay 0: the paper's N(0, I)
