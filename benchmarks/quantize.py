@@ -78,13 +78,13 @@ def distilled(name: str, preset: str, seed: int, mnist_path: Path):
     result = None
     if done.is_file():
         state = torch.load(done, map_location="cpu", weights_only=True)
-        from stages.distill.engine import vae_memory
-        from stages.distill.networks import VAE, auto_vae_width, build_generator
+        from stages.distill.engine import build_vae, vae_memory
+        from stages.distill.networks import build_generator
 
         student.load_state_dict(state["student"])
         generator = build_generator(cfg.distill.latent_dim, shape, width=cfg.distill.generator_width)
         generator.load_state_dict(state["generator"])
-        vae = VAE(shape, cfg.distill.vae_latent_dim, width=cfg.distill.vae_width or auto_vae_width(shape))
+        vae = build_vae(cfg.distill, shape)
         vae.load_state_dict(state["vae"])
         memory = vae_memory(cfg.distill, vae, teacher, trained=True)
     else:

@@ -33,14 +33,12 @@ import torch.nn.functional as F  # noqa: E402
 from distill import SCENARIOS, _parse_sets, _task  # noqa: E402
 
 
-def kd_value(student: torch.nn.Module, teacher: torch.nn.Module, samples: torch.Tensor, evaluate, steps: int) -> float:
-    """Real accuracy of `student` (a fresh copy) after `steps` KD steps on `samples` alone."""
+def kd_value(student: torch.nn.Module, samples: torch.Tensor, t_logits: torch.Tensor, evaluate, steps: int) -> float:
+    """Real accuracy of `student` (a fresh copy) after `steps` KD steps on `samples` (teacher logits `t_logits`) alone."""
     from stages.distill import criteria
 
     student = copy.deepcopy(student).train()
     opt = torch.optim.Adam(student.parameters(), lr=1e-2)
-    with torch.no_grad():
-        t_logits = teacher(samples)
     for _ in range(steps):
         idx = torch.randint(0, len(samples), (128,))
         loss = criteria.kd_loss("kl", student(samples[idx]), t_logits[idx])
@@ -52,10 +50,11 @@ def kd_value(student: torch.nn.Module, teacher: torch.nn.Module, samples: torch.
 
 def judge(samples: torch.Tensor, teacher, fresh_student, evaluate, kd_steps: int) -> dict:
     with torch.no_grad():
-        p = F.softmax(teacher(samples), dim=1)
+        t_logits = teacher(samples)  # one teacher pass serves the class shares and the KD targets
+    p = F.softmax(t_logits, dim=1)
     share = torch.bincount(p.argmax(1), minlength=p.shape[1]).float() / len(samples)
     return {"rarest": share.min().item(), "commonest": share.max().item(), "confidence": p.max(1).values.mean().item(),
-            "kd_value": kd_value(fresh_student, teacher, samples, evaluate, kd_steps)}
+            "kd_value": kd_value(fresh_student, samples, t_logits, evaluate, kd_steps)}
 
 
 def run_seed(seed: int, scenario: str, sets: dict, at: list[int] | None, n: int, kd_steps: int,

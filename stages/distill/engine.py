@@ -58,10 +58,14 @@ def vae_memory(cfg: DistillConfig, vae: VAE, teacher: nn.Module, trained: bool =
     return memory
 
 
+def build_vae(cfg: DistillConfig, shape: tuple[int, ...]) -> VAE:
+    """A fresh VAE of the run's latent size and width (`vae_width = 0` sizes it from the input)."""
+    return VAE(shape, cfg.vae_latent_dim, width=cfg.vae_width or auto_vae_width(shape))
+
+
 def build_memory(cfg: DistillConfig, shape: tuple[int, ...], teacher: nn.Module, device: torch.device):
     if cfg.replay == "vae":
-        vae = VAE(shape, cfg.vae_latent_dim, width=cfg.vae_width or auto_vae_width(shape)).to(device)
-        return vae_memory(cfg, vae, teacher)
+        return vae_memory(cfg, build_vae(cfg, shape).to(device), teacher)
     if cfg.replay == "memory":
         return ReservoirMemory(shape, cfg.memory_bytes, device)
     return NoReplay()
