@@ -78,7 +78,7 @@ def _parse_sets(items: list[str]) -> dict:
     return out
 
 
-def _task(name: str, cfg, mnist_path: Path, scenario: str, device: torch.device):
+def load_task(name: str, cfg, mnist_path: Path, scenario: str, device: torch.device):
     """(teacher, student, shape, evaluate, teacher_accuracy), models and test split on `device`."""
     from stages.distill.networks import build_student, param_count, student_spec
 
@@ -119,7 +119,7 @@ def run_one(task: str, mode: str, seed: int, preset: str, sets: dict, mnist_path
     overrides = {"preset": preset, **SCENARIOS[scenario], **sets, "distill.replay": mode}
     cfg = load_config(overrides=overrides)
     torch.manual_seed(seed)
-    teacher, student, shape, evaluate, teacher_acc = _task(task, cfg, mnist_path, scenario, device)
+    teacher, student, shape, evaluate, teacher_acc = load_task(task, cfg, mnist_path, scenario, device)
     run_dir = out / f"{task}-{scenario}-{mode}-s{seed}"
 
     def progress(step, row):

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from distill import SCENARIOS, _parse_sets, _task  # noqa: E402
+from distill import SCENARIOS, _parse_sets, load_task  # noqa: E402
 
 
 def kd_value(student: torch.nn.Module, samples: torch.Tensor, t_logits: torch.Tensor, evaluate, steps: int) -> float:
@@ -66,7 +66,7 @@ def run_seed(seed: int, scenario: str, sets: dict, at: list[int] | None, n: int,
 
     cfg = load_config(overrides={"preset": "default", **SCENARIOS[scenario], **sets, "distill.replay": "vae"})
     torch.manual_seed(seed)
-    teacher, student, shape, evaluate, _ = _task("digits", cfg, None, scenario, torch.device("cpu"))
+    teacher, student, shape, evaluate, _ = load_task("digits", cfg, None, scenario, torch.device("cpu"))
     fresh = copy.deepcopy(student)
     memory = build_memory(cfg.distill, shape, teacher, torch.device("cpu"))
     stored = ReservoirMemory(shape, cfg.distill.memory_bytes, torch.device("cpu"))
