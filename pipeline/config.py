@@ -52,7 +52,7 @@ class StudentConfig:
 
 @dataclass
 class DistillConfig:
-    iterations: int = 600  # outer iterations: one generator step then `kd_steps` student steps
+    iterations: int = 400  # outer iterations: one generator step then `kd_steps` student steps
     kd_steps: int = 5
     batch_size: int = 128
     replay_batch: int = 64  # replay samples mixed into every student step
@@ -93,6 +93,13 @@ class DistillConfig:
     # pixels, and a fraction `input_mix` of the batch replaced by mixes of two samples (see augment.py).
     input_shift: int = 0
     input_mix: float = 0.0
+    # The first `attack_fraction` of the student's batch moved by `input_attack` (normalised input units per
+    # element, in `attack_steps` signed-gradient steps) towards where the student disagrees with the teacher, who
+    # labels the moved samples (see augment.toward_disagreement). Digits, 4 seeds: 99.44% final at 400 iterations
+    # against 99.24% at 600 without, in about the same time; one step instead of two gained nothing.
+    input_attack: float = 0.6
+    attack_steps: int = 2
+    attack_fraction: float = 0.5
     # The shipped (and evaluated) student is a moving average of the student's weights over its steps,
     # with this decay per student step; 0 ships the last weights as they are. No data selects anything.
     ema_decay: float = 0.995
@@ -143,7 +150,7 @@ class RunConfig:
 PRESET_VALUES: dict[str, dict[str, dict[str, Any]]] = {
     "smoke": {
         "distill": {"iterations": 12, "kd_steps": 2, "batch_size": 64, "replay_batch": 16, "eval_every": 4,
-                    "probe_per_class": 4, "checkpoint_every": 6, "vae_steps": 1},
+                    "probe_per_class": 4, "checkpoint_every": 6, "vae_steps": 1, "attack_steps": 1},
         "quantize": {"calibration_samples": 64, "qat_steps": 4, "qat_batch": 32},
         "export": {"benchmark_runs": 20},
     },
@@ -157,7 +164,7 @@ PRESET_VALUES: dict[str, dict[str, dict[str, Any]]] = {
                     "student_optimizer": "sgd", "lr_generator": 0.02, "lr_vae": 0.02 / 40,
                     "w_bn": 0.0, "kd_loss": "l1", "vae_kld_weight": 1e-5, "vae_recon": "pixel+logits",
                     "w_balance": 5.0 / 2.302585, "w_onehot": 1.0, "w_activation": 0.1, "adversarial": "js",
-                    "input_noise": 0.0, "ema_decay": 0.0, "vae_width": 64,
+                    "input_noise": 0.0, "input_attack": 0.0, "ema_decay": 0.0, "vae_width": 64,
                     "eval_every": 360, "checkpoint_every": 720},
         "quantize": {"calibration_samples": 2048, "qat_steps": 1000, "qat_batch": 256},
     },
@@ -250,12 +257,15 @@ def validate(cfg: RunConfig) -> RunConfig:
         _positive(f"distill.{name}", getattr(d, name), allow_zero=True)
     for name in ("lr_student", "lr_generator", "lr_vae"):
         _positive(f"distill.{name}", getattr(d, name))
-    for name in ("w_adv", "w_bn", "w_balance", "w_onehot", "w_activation", "input_noise"):
+    for name in ("w_adv", "w_bn", "w_balance", "w_onehot", "w_activation", "input_noise", "input_attack"):
         _positive(f"distill.{name}", getattr(d, name), allow_zero=True)
     _positive("distill.class_phases", d.class_phases, allow_zero=True)
     _positive("distill.input_shift", d.input_shift, allow_zero=True)
     if not 0 <= d.input_mix <= 1:
         raise UsageError(f"config: distill.input_mix must be in [0, 1], got {d.input_mix}")
+    _positive("distill.attack_steps", d.attack_steps)
+    if not 0 < d.attack_fraction <= 1:
+        raise UsageError(f"config: distill.attack_fraction must be in (0, 1], got {d.attack_fraction}")
     _positive("distill.phase_cycles", d.phase_cycles)
     if d.class_phases and d.class_phases * d.phase_cycles > d.iterations:
         raise UsageError(f"config: distill.class_phases x distill.phase_cycles ({d.class_phases} x {d.phase_cycles}) "

@@ -83,7 +83,7 @@ class LinearTeacher(torch.nn.Module):
 def test_shifted_batch_reaches_the_student_and_the_memory_learns_the_clean_samples(tmp_path):
     cfg = dataclasses.replace(load_config(overrides={"preset": "smoke"}).distill, iterations=1, kd_steps=1,
                               vae_steps=1, batch_size=16, replay_batch=8, eval_every=1, checkpoint_every=100,
-                              input_noise=0.0, input_mix=0.0, input_shift=2)
+                              input_noise=0.0, input_mix=0.0, input_shift=2, input_attack=0.0)
     seen: list[torch.Tensor] = []
     student = build_student(student_spec(SHAPE, 10, 4000, 0.5))
     student.register_forward_pre_hook(lambda m, inp: seen.append(inp[0].detach().clone()))
@@ -103,3 +103,47 @@ def test_shift_is_refused_for_vectors_and_for_images_smaller_than_the_shift(tmp_
     student = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(int(torch.tensor(shape).prod()), 3))
     with pytest.raises(UsageError, match="distill.input_shift"):
         distill(cfg, teacher.eval(), student, shape, tmp_path, torch.device("cpu"))
+
+
+def _disagreeing_pair():
+    torch.manual_seed(0)
+    student = build_student(student_spec(SHAPE, 10, 4000, 0.5))  # has BatchNorm: its statistics must not move
+    return student.train(), LinearTeacher().eval()
+
+
+def test_toward_disagreement_moves_the_fraction_within_size_and_raises_the_divergence():
+    from stages.distill.augment import toward_disagreement
+    from stages.distill.criteria import js_divergence
+
+    student, teacher = _disagreeing_pair()
+    x = torch.randn(32, *SHAPE)
+    stats = [b.clone() for b in student.buffers()]
+    y = toward_disagreement(x, student, teacher, size=0.5, steps=2, fraction=0.25)
+    assert torch.equal(y[8:], x[8:])  # only the first quarter moves
+    step = (y[:8] - x[:8]).abs()
+    assert step.max() <= 0.5 + 1e-6 and step.max() > 0.49  # two steps of 0.25, each along the gradient's sign
+    student.eval()
+    with torch.no_grad():
+        before, after = js_divergence(student(x[:8]), teacher(x[:8])), js_divergence(student(y[:8]), teacher(y[:8]))
+    assert after > 1.5 * before
+    student.train()
+    assert student.training and all(torch.equal(a, b) for a, b in zip(stats, student.buffers()))
+    assert torch.equal(toward_disagreement(x, student, teacher, size=0.0, steps=2, fraction=0.5), x)
+
+
+def test_attacked_batch_reaches_the_student_and_the_memory_learns_the_clean_samples(tmp_path):
+    cfg = dataclasses.replace(load_config(overrides={"preset": "smoke"}).distill, iterations=1, kd_steps=1,
+                              vae_steps=1, batch_size=16, replay_batch=8, eval_every=1, checkpoint_every=100,
+                              input_noise=0.0, input_attack=0.5, attack_steps=1, attack_fraction=0.5)
+    seen: list[torch.Tensor] = []
+    student, teacher = _disagreeing_pair()
+    student.register_forward_pre_hook(lambda m, inp: seen.append(inp[0].detach().clone()))
+    memory = RecordingReplay(torch.full((8, *SHAPE), 3.0))
+    distill(cfg, teacher, student, SHAPE, tmp_path, torch.device("cpu"), memory=memory)
+    batch = next(x for x in seen if x.shape[0] == 16 + 8)  # the training pass; the probing passes see 12 rows
+    clean = memory.observed[0]
+    assert clean.shape[0] == 16
+    moved = (batch[:12] - clean[:12]).abs()
+    assert torch.allclose(moved.amax((1, 2, 3)), torch.full((12,), 0.5))  # half of the 24 rows, by the full size
+    assert torch.equal(batch[12:16], clean[12:])
+    assert torch.equal(batch[16:], memory.batch)

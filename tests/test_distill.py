@@ -284,7 +284,7 @@ class FixedMemory(NoReplay):
 
 def test_replay_samples_reach_the_students_loss(tmp_path):
     cfg = _smoke_cfg(iterations=1, kd_steps=1, batch_size=8, replay_batch=4, eval_every=1, checkpoint_every=100,
-                     input_noise=0.0)
+                     input_noise=0.0, input_attack=0.0)
     teacher = TinyTeacher().eval()
     seen: list[torch.Tensor] = []
 
@@ -324,7 +324,7 @@ class RecordingMemory(FixedMemory):
 
 def test_input_noise_reaches_the_student_but_not_the_memory(tmp_path):
     cfg = _smoke_cfg(iterations=1, kd_steps=1, vae_steps=1, batch_size=8, replay_batch=256, eval_every=1,
-                     checkpoint_every=100, input_noise=0.5)
+                     checkpoint_every=100, input_noise=0.5, input_attack=0.0)
     seen: list[torch.Tensor] = []
     student = _student()
     student.register_forward_pre_hook(lambda m, inp: seen.append(inp[0].detach().clone()))

@@ -180,6 +180,8 @@ CONFIG_CASES = [
     ("class-phases-beyond-iterations", {}, ["run", "--preset", "smoke", "--set", "distill.class_phases=10", "--out", "o"],
      ["(10 x 2) must not exceed distill.iterations (12)"]),
     ("input-mix-above-one", {}, ["run", "--set", "distill.input_mix=1.5", "--out", "o"], ["distill.input_mix must be in [0, 1]"]),
+    ("attack-fraction-zero", {}, ["run", "--set", "distill.attack_fraction=0", "--out", "o"],
+     ["distill.attack_fraction must be in (0, 1]"]),
     ("input-shift-beyond-image", {}, ["run", "--set", "distill.input_shift=8", "--out", "o"],
      ["distill.input_shift (8) needs image inputs", "[1, 8, 8]"]),
     ("input-shift-on-vectors", {"v.toml": "[teacher]\nfactory = \"m.py:build\"\ninput_shape = [6]\nnum_classes = 4\n", "m.py": ""},

@@ -4,12 +4,16 @@ distribution is narrow, the real one is not, and a student that matches the teac
 generator's points generalises worse to real data than one that matches it around them.
 
 All draws come from torch's global generator, so a checkpointed RNG state resumes them exactly.
+`toward_disagreement` draws nothing: it moves samples along the gradient of the student's disagreement.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from stages.distill import criteria
 
 
 def translate(x: torch.Tensor, max_shift: int) -> torch.Tensor:
@@ -48,3 +52,27 @@ def perturb(x: torch.Tensor, shift: int, mix_fraction: float, noise: float) -> t
     if noise > 0:
         x = x + noise * torch.randn_like(x)
     return x
+
+
+def toward_disagreement(x: torch.Tensor, student: nn.Module, teacher: nn.Module, size: float, steps: int,
+                        fraction: float) -> torch.Tensor:
+    """Move the batch's first `fraction` of rows (fresh generator samples come before replayed ones) in `steps`
+    signed-gradient steps of `size / steps` each, per input element, up the student-teacher Jensen-Shannon
+    divergence. Random perturbations rarely land where the student is wrong; these go there, next to the
+    synthetic samples (boundary-supporting samples, Heo et al., AAAI 2019), and the teacher labels them."""
+    n = round(fraction * x.shape[0])
+    if size <= 0 or n == 0:
+        return x
+    was_training = student.training
+    student.eval()  # the probing passes must not move the student's BatchNorm statistics
+    moved = x[:n].detach()
+    try:
+        with torch.enable_grad():
+            for _ in range(steps):
+                moved.requires_grad_(True)
+                gap = criteria.js_divergence(student(moved), teacher(moved))
+                (grad,) = torch.autograd.grad(gap, moved)
+                moved = (moved + (size / steps) * grad.sign()).detach()
+    finally:
+        student.train(was_training)
+    return torch.cat([moved, x[n:]])

@@ -206,7 +206,7 @@ def _distill(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, shape: 
     if isinstance(memory, VAEMemory):
         memory.trainer = parallel.wrap(memory.vae, world, device)
     batch, replay_batch = world.share(cfg.batch_size), world.share(cfg.replay_batch)
-    perturbed = cfg.input_noise > 0 or cfg.input_shift > 0 or cfg.input_mix > 0
+    perturbed = cfg.input_noise > 0 or cfg.input_shift > 0 or cfg.input_mix > 0 or cfg.input_attack > 0
 
     t0 = time.perf_counter()
     for it in range(start, cfg.iterations):
@@ -241,6 +241,8 @@ def _distill(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, shape: 
             x_all = x_new if replay is None else torch.cat([x_new, replay])
             if perturbed:  # the teacher labels the perturbed inputs below: KD around each sample, not only on it
                 x_all = augment.perturb(x_all, cfg.input_shift, cfg.input_mix, cfg.input_noise)
+                x_all = augment.toward_disagreement(x_all, student, teacher, cfg.input_attack, cfg.attack_steps,
+                                                    cfg.attack_fraction)
             with torch.no_grad():
                 t_all = teacher(x_all)  # one teacher pass serves the student and the memory
             loss_s = criteria.kd_loss(cfg.kd_loss, student_train(x_all), t_all, cfg.kd_temperature)
