@@ -5,8 +5,8 @@ training split, which the pipeline never has.
     python benchmarks/real_ceiling.py --task digits --steps 3000
 
 The student, its optimiser and learning-rate schedule, the KD loss and the batch size are those of the
-distillation stage (default preset); only the inputs differ. With `--shift N` each training image is also
-shifted by up to N pixels (the teacher labels the shifted image), the light augmentation the MNIST
+distillation stage (default preset); only the inputs differ. With a shift N in `--shifts` each training image
+is also shifted by up to N pixels (the teacher labels the shifted image), the light augmentation the MNIST
 teacher was trained with. A data-free student below the no-shift row is limited by what its generator
 covers, not by its size.
 """
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--task", choices=("digits", "mnist"), default="mnist")
     ap.add_argument("--seeds", default="0,1")
-    ap.add_argument("--steps", type=int, default=10000, help="student steps (the default preset makes 3,000)")
+    ap.add_argument("--steps", type=int, default=10000, help="student steps (a default-preset distillation makes 400 x 5 = 2,000)")
     ap.add_argument("--shifts", default="0,2", help="comma-separated maximal shifts in pixels; 0: none")
     ap.add_argument("--mnist", type=Path, default=ROOT.parent / "shared" / "data" / "mnist10k.npz")
     ap.add_argument("--threads", type=int, default=1)
