@@ -464,6 +464,25 @@ def test_models_come_back_in_the_default_layout_after_a_run_and_after_an_interru
     assert all(_layouts(teacher2, student2).values())
 
 
+def test_the_teacher_computes_no_weight_gradients_and_gets_its_flags_back(tmp_path):
+    # Every backward pass through the teacher needs input gradients only; its flags are the caller's again
+    # after the run, a flag the caller had turned off included, and after an interrupt too.
+    cfg = _smoke_cfg(iterations=3, eval_every=1, batch_size=16, replay_batch=8)
+    teacher = TinyTeacher().eval()
+    teacher.conv.bias.requires_grad_(False)
+    before = [p.requires_grad for p in teacher.parameters()]
+    seen = []
+    res = distill(cfg, teacher, _student(), SHAPE, tmp_path / "a", torch.device("cpu"),
+                  evaluate=lambda m: seen.append([p.requires_grad for p in teacher.parameters()]) or 0.5)
+    assert len(res.history) == 3 and isinstance(res.memory, VAEMemory) and cfg.input_attack > 0
+    assert seen and not any(any(flags) for flags in seen)
+    assert all(p.grad is None for p in teacher.parameters())
+    assert [p.requires_grad for p in teacher.parameters()] == before and before.count(False) == 1
+    with pytest.raises(KeyboardInterrupt):
+        distill(cfg, teacher, _student(), SHAPE, tmp_path / "b", torch.device("cpu"), progress=_stop_at(2))
+    assert [p.requires_grad for p in teacher.parameters()] == before
+
+
 class ViewTeacher(nn.Module):
     """Flattens with .view(), as many hand-written models do: a channels-last activation refuses that."""
 

@@ -133,11 +133,28 @@ def distill(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, shape: t
     Under torchrun (`world` of several processes) every rank calls this; rank 0 evaluates and checkpoints."""
     device = torch.device(device)
     layout = _Layout(enabled=len(shape) == 3 and device.type == "cpu")
+    frozen = _Frozen(teacher)
     try:
         return _distill(cfg, teacher, student, shape, out_dir, device, seed, evaluate, resume, progress,
                         memory, world, layout)
     finally:
+        frozen.restore()
         layout.restore()
+
+
+class _Frozen:
+    """The teacher's weights stop asking for gradients while it is distilled: every backward pass through it
+    (the generator's, the probes', the memory's and the attack's) then computes input gradients only, not
+    weight gradients nothing reads. The caller's flags come back however the run ends."""
+
+    def __init__(self, model: nn.Module):
+        self.flags = [(p, p.requires_grad) for p in model.parameters()]
+        for p, _ in self.flags:
+            p.requires_grad_(False)
+
+    def restore(self) -> None:
+        for p, flag in self.flags:
+            p.requires_grad_(flag)
 
 
 def _distill(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, shape: tuple[int, ...], out_dir: Path,
