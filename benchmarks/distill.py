@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 # The scenarios keep the run length and the plain KD batch their tables in benchmarks/README.md were measured
-# with (the default preset before it took the attacked KD batch and 400 iterations).
+# with (the default preset before it took the attacked KD batch and fewer iterations).
 MEASURED_WITH = {"distill.iterations": 600, "distill.input_attack": 0.0}
 # A small student learning fast at a constant rate: what forgets when its stream moves.
 HASTY_STUDENT = {**MEASURED_WITH, "distill.cosine_schedule": False, "distill.lr_student": 0.01, "student.ratio": 0.1}

@@ -52,7 +52,7 @@ class StudentConfig:
 
 @dataclass
 class DistillConfig:
-    iterations: int = 400  # outer iterations: one generator step then `kd_steps` student steps
+    iterations: int = 270  # outer iterations: one generator step then `kd_steps` student steps
     kd_steps: int = 5
     batch_size: int = 128
     replay_batch: int = 64  # replay samples mixed into every student step
@@ -96,7 +96,8 @@ class DistillConfig:
     # The first `attack_fraction` of the student's batch moved by `input_attack` (normalised input units per
     # element, in `attack_steps` signed-gradient steps) towards where the student disagrees with the teacher, who
     # labels the moved samples (see augment.toward_disagreement). Digits, 4 seeds: 99.44% final at 400 iterations
-    # against 99.24% at 600 without, in about the same time; one step instead of two gained nothing.
+    # against 99.24% at 600 without, in about the same time; one step instead of two gained nothing. 270 iterations
+    # (the default: 99.31%) keep distillation under 5 minutes on a CPU 1.9x slower, where 400 took 384 s.
     input_attack: float = 0.6
     attack_steps: int = 2
     attack_fraction: float = 0.5
