@@ -145,7 +145,8 @@ def distill(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, shape: t
 class _Frozen:
     """The teacher's weights stop asking for gradients while it is distilled: every backward pass through it
     (the generator's, the probes', the memory's and the attack's) then computes input gradients only, not
-    weight gradients nothing reads. The caller's flags come back however the run ends."""
+    weight gradients nothing reads. The caller's flags come back however the run ends. `load_teacher` freezes the
+    pipeline's teachers for good; this covers every other caller of `distill` (benchmarks, library use)."""
 
     def __init__(self, model: nn.Module):
         self.flags = [(p, p.requires_grad) for p in model.parameters()]
