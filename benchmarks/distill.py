@@ -86,8 +86,8 @@ def load_task(name: str, cfg, mnist_path: Path, scenario: str, device: torch.dev
     from stages.distill.networks import build_student, param_count, student_spec
 
     if name == "digits":
-        from pipeline.tasks import digits
-        from pipeline.teacher import load_teacher
+        from core.tasks import digits
+        from core.teacher import load_teacher
 
         teacher, spec = load_teacher(cfg)
         xt, yt = digits.test_set()

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/models.py
 
 from models import fold_batchnorm, resnet18_with_stats  # noqa: E402
 
-from pipeline.latency import bare_loop_ms, harness_overhead, input_feed, measure_onnx, measured_on, session_options  # noqa: E402
+from targets.runners import bare_loop_ms, harness_overhead, input_feed, measure_onnx, measured_on, session_options  # noqa: E402
 
 console = Console(width=170)
 
@@ -80,7 +80,7 @@ def overhead_table(models: dict[str, Path], runs: dict[str, int], rounds: int) -
 def use_reference_quantizer() -> None:
     """Keep NNCF from compiling its C++ quantizer extension (a minute, and it can time out)."""
     try:
-        from stages.quantize import use_reference_quantizer as stage_fn  # the stage's own switch, once written
+        from stages.quantize.qat import use_reference_quantizer as stage_fn  # the stage's own switch, once written
     except (ImportError, AttributeError):
         stage_fn = None
     if stage_fn is not None:

@@ -26,11 +26,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from pipeline.config import load_config  # noqa: E402
-from pipeline.evaluation import onnx_accuracy  # noqa: E402
+from core.evaluation import onnx_accuracy  # noqa: E402
 from stages.distill.engine import distill  # noqa: E402
-from stages.distill.memory import VAEMemory  # noqa: E402
-from stages.onnx_tidy import tidy_qdq  # noqa: E402
-from stages.quantize import SCHEMES, export_onnx, quantize  # noqa: E402
+from stages.quantize.onnx_tidy import tidy_qdq  # noqa: E402
+from stages.quantize.qat import SCHEMES, export_onnx, quantize  # noqa: E402
 
 CACHE = Path(__file__).resolve().parent / ".cache"
 
@@ -38,8 +37,8 @@ CACHE = Path(__file__).resolve().parent / ".cache"
 def task_parts(name: str, mnist_path: Path, cfg):
     """(teacher, student, shape, x_train, x_test, y_test)"""
     if name == "digits":
-        from pipeline.tasks import digits
-        from pipeline.teacher import load_teacher
+        from core.tasks import digits
+        from core.teacher import load_teacher
         from stages.distill.networks import build_student, param_count, student_spec
 
         teacher, spec = load_teacher(cfg)

@@ -31,7 +31,7 @@ from distill import load_task  # noqa: E402
 def train_split(task: str, mnist_path: Path) -> torch.Tensor:
     """The real training images of `task`, normalised as the teacher expects (labels are not needed: KD)."""
     if task == "digits":
-        from pipeline.tasks import digits
+        from core.tasks import digits
 
         return digits.normalize(digits.split()[0])
     import mnist

@@ -19,11 +19,11 @@ import torch
 from safetensors.torch import save_file
 
 from pipeline.config import load_config
-from pipeline.evaluation import onnx_predict
-from pipeline.orchestrate import run_all
-from pipeline.tasks import digits
-from pipeline.teacher import load_weights
-from pipeline.ui import Console
+from core.evaluation import onnx_predict
+from pipeline.run import run_all
+from core.tasks import digits
+from core.teacher import load_weights
+from core.ui import Console
 from pipeline.update import update_bundle
 
 SWAP = {1: 7, 7: 1}
@@ -46,7 +46,7 @@ def main() -> None:
     t2 = digits.fine_tune(t1, SWAP, epochs=3, seed=args.seed)
     save_file({k: v.contiguous() for k, v in t2.state_dict().items()}, str(out / "t2.safetensors"))
     (out / "new.toml").write_text(
-        '[teacher]\nfactory = "pipeline.tasks.digits:build_teacher"\nweights = "t2.safetensors"\n'
+        '[teacher]\nfactory = "core.tasks.digits:build_teacher"\nweights = "t2.safetensors"\n'
         "input_shape = [1, 8, 8]\nnum_classes = 10\nmean = [0.3059]\nstd = [0.3782]\nscale = 0.0625\n")
 
     t0 = time.perf_counter()

@@ -1,4 +1,3 @@
-"""Edge-deployment pipeline: data-free distillation, INT8 quantization, export to a target."""
+"""Entry points of the edge-deployment pipeline: the CLI, the chained run and on-device updates."""
 
-__version__ = "0.1.0"
-FORMAT_VERSION = 1
+from core import FORMAT_VERSION, __version__  # noqa: F401  (the package's public version)

@@ -5,15 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline.bundle import REPORT, verify_bundle
-from pipeline.errors import UsageError
+from core.bundle import REPORT, verify_bundle
+from core.errors import UsageError
+from core.target import BenchmarkRequest
+from pipeline.report import latency_table, write_reports
+from targets.registry import get_target
 
 
 def benchmark_bundle(bundle: Path, batches, threads, runs, duration_s, warmup):
-    from pipeline.report import latency_table, write_reports
-    from targets.base import BenchmarkRequest
-    from targets.registry import get_target
-
     manifest = verify_bundle(bundle)  # refuse a tampered bundle before running anything in it
     target = get_target(manifest.target)
     rows = target.benchmark(BenchmarkRequest(bundle, tuple(batches), tuple(threads), runs, duration_s, warmup))

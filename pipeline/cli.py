@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import tomllib
 import traceback
 import warnings
 from datetime import datetime
@@ -15,8 +16,18 @@ from pathlib import Path
 
 import click
 
-from pipeline import __version__
-from pipeline.errors import PipelineError, RunError, UsageError
+from core import __version__
+from core.bundle import verify_bundle
+from core.errors import PipelineError, RunError, UsageError
+from core.target import RuntimeMissing
+from core.ui import Console
+from core.workdir import check_force_resume, prepare_out_dir
+from core.world import DISTRIBUTED_COMMANDS, world_from_env
+from pipeline.config import RESUME_FREE, load_config, resume_config, validate
+from targets import TARGET_NAMES
+
+# The stages, the targets' runtimes and the report load torch, onnx and matplotlib: commands import them
+# inside, after their arguments are checked, so that a usage error answers at once.
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
@@ -39,8 +50,6 @@ def _parse_int_list(value: str, what: str) -> tuple[int, ...]:
 
 
 def _parse_set(values: tuple[str, ...]) -> dict:
-    import tomllib
-
     out = {}
     for item in values:
         key, sep, raw = item.partition("=")
@@ -73,8 +82,6 @@ def config_options(f):
 
 
 def build_config(target, config_path, preset, device, seed, eval_set, replay, calibration, threads, student_ratio, sets):
-    from pipeline.config import load_config
-
     overrides = {"target": target, "preset": preset, "device": device, "seed": seed, "eval": eval_set,
                  "distill.replay": replay, "quantize.calibration": calibration, "threads": threads,
                  "student.ratio": student_ratio}
@@ -82,21 +89,14 @@ def build_config(target, config_path, preset, device, seed, eval_set, replay, ca
     return load_config(config_path, overrides)
 
 
-_RESUME_FREE_OPTIONS = ("device", "threads")
-
-
 def config_for(target, out, resume: bool, kw: dict, force: bool = False):
     """The run's configuration; with --resume, the interrupted run's own (settings given again must match)."""
-    if force and resume:
-        raise UsageError("--force and --resume contradict each other: --force starts over, --resume continues")
+    check_force_resume(force, resume)
     if not resume:
         return build_config(target, **kw)
-    from pipeline.config import validate
-    from pipeline.workdir import resume_config
-
     if not out:
         raise UsageError("--resume needs --out DIR: the directory of the run to continue")
-    explicit = target is not None or any(v not in (None, ()) for k, v in kw.items() if k not in _RESUME_FREE_OPTIONS)
+    explicit = target is not None or any(v not in (None, ()) for k, v in kw.items() if k not in RESUME_FREE)
     cfg = resume_config(Path(out), build_config(target, **kw) if explicit else None)
     if cfg is None:  # nothing stored yet: a fresh run
         return build_config(target, **kw)
@@ -105,6 +105,11 @@ def config_for(target, out, resume: bool, kw: dict, force: bool = False):
         cfg.threads = kw.get("threads") or cfg.threads
         validate(cfg)
     return cfg
+
+
+def _known_target(name: str | None) -> None:
+    if name is not None and name not in TARGET_NAMES:
+        raise UsageError(f"unknown target '{name}'; choose one of: {', '.join(TARGET_NAMES)}")
 
 
 def _default_out(target: str) -> Path:
@@ -118,9 +123,6 @@ def _default_out(target: str) -> Path:
 @click.pass_context
 def cli(ctx, debug, quiet):
     """Data-free distillation, INT8 quantization and export for edge targets."""
-    from pipeline.ui import Console
-    from pipeline.world import DISTRIBUTED_COMMANDS, world_from_env
-
     world = world_from_env()
     if world.distributed and ctx.invoked_subcommand not in DISTRIBUTED_COMMANDS:
         raise UsageError(f"only {' and '.join(DISTRIBUTED_COMMANDS)} run under torchrun (distillation is what is shared); "
@@ -141,15 +143,11 @@ def cli(ctx, debug, quiet):
 @click.pass_obj
 def run(obj, target, out, force, resume, **kw):
     """All three stages: distill, quantize, export."""
-    from pipeline.workdir import prepare_out_dir
-
     cfg = config_for(target, out, resume, kw, force)  # usage errors surface before torch is imported
     out = Path(out) if out else _default_out(cfg.target)
-    if obj["world"].is_main:
-        prepare_out_dir(out, force, resume)
 
-    from pipeline.orchestrate import run_all
-    from pipeline.report import summary_table, latency_table
+    from pipeline.report import latency_table, summary_table
+    from pipeline.run import run_all
 
     report = run_all(cfg, out, obj["console"], resume=resume, force=force)
     if report is None:  # another rank of a torchrun: its share of distillation is done
@@ -169,14 +167,12 @@ def run(obj, target, out, force, resume, **kw):
 @click.pass_obj
 def distill(obj, out, force, resume, target, **kw):
     """Stage 1: data-free distillation with generative pseudo replay."""
-    from pipeline.workdir import prepare_out_dir
-
     cfg = config_for(target, out, resume, kw, force)
     out = Path(out)
     if obj["world"].is_main:
         prepare_out_dir(out, force, resume)
 
-    from pipeline.orchestrate import stage_distill
+    from stages.distill.stage import stage_distill
 
     summary = stage_distill(cfg, out, resume, obj["console"])
     if summary is None:  # another rank of a torchrun
@@ -192,13 +188,10 @@ def distill(obj, out, force, resume, target, **kw):
 @click.pass_obj
 def quantize(obj, directory, target):
     """Stage 2: NNCF INT8, calibrated and fine-tuned on synthetic samples only."""
-    from pipeline.config import TARGETS
+    _known_target(target)
+    from pipeline.run import quantize
 
-    if target is not None and target not in TARGETS:
-        raise UsageError(f"unknown target '{target}'; choose one of: {', '.join(TARGETS)}")
-    from pipeline.orchestrate import stage_quantize
-
-    s = stage_quantize(Path(directory), obj["console"], target)
+    s = quantize(Path(directory), obj["console"], target)
     obj["console"].out.print(f"quantized ({s['scheme']}, calibration {s['calibration_source']}, {s['num_quantizers']} quantizers): "
                              f"INT8/FP32 agreement {s['int8_fp32_agreement']:.4f} -> {directory}")
 
@@ -209,10 +202,11 @@ def quantize(obj, directory, target):
 @click.pass_obj
 def export(obj, directory, target):
     """Stage 3: target artifacts, manifest, latency and reports."""
-    from pipeline.orchestrate import stage_export
+    _known_target(target)
     from pipeline.report import summary_table
+    from pipeline.run import export
 
-    report = stage_export(Path(directory), obj["console"], target)
+    report = export(Path(directory), obj["console"], target)
     obj["console"].out.print(summary_table(report))
 
 
@@ -245,8 +239,6 @@ def benchmark(obj, bundle, batch, threads, runs, duration, warmup):
 @click.pass_obj
 def build_engine(obj, bundle, profile):
     """On a machine with TensorRT (a Jetson): build the engine and measure it."""
-    from pipeline.bundle import verify_bundle
-    from targets.base import RuntimeMissing
     from targets.registry import get_target
 
     manifest = verify_bundle(bundle)  # a tampered bundle is refused before anything in it is used
@@ -292,11 +284,9 @@ def update(obj, bundle, out, force, **kw):
 @click.pass_obj
 def check(obj, model, target):
     """List every node the target's runtime will not run in INT8."""
-    from pipeline.config import TARGETS
+    _known_target(target)
     from targets.check import check_model, format_findings
 
-    if target not in TARGETS:
-        raise UsageError(f"unknown target '{target}'; choose one of: {', '.join(TARGETS)}")
     if not Path(model).is_file():
         raise UsageError(f"model not found: {model}")
     try:

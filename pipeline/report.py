@@ -18,7 +18,7 @@ Report schema (every section is optional; a report with only some keys still ren
         "calibration_source": str, "num_quantizers": int, "int8_fp32_agreement": float 0..1,
         ...                               # any other keys are shown as they are
       },
-      "latency": [row, ...],              # rows from pipeline.latency.measure_onnx; a row may carry
+      "latency": [row, ...],              # rows from targets.runners.measure_onnx; a row may carry
                                           # "samples_ms" (kept out of report.json, used for plots)
       "artifacts": [{"path": str, "role": str, "bytes": int}, ...],
       "check": {"target": str, "findings": [str | {"level": str, "message": str}, ...]}
@@ -39,7 +39,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from pipeline.fileio import write_bytes, write_json, write_text
+from core.fileio import write_bytes, write_json, write_text
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"

@@ -11,12 +11,15 @@ import json
 from datetime import datetime
 from pathlib import Path
 
-from pipeline import workdir as wd
-from pipeline.bundle import manifest_sha256, verify_bundle
+from core.bundle import manifest_sha256, verify_bundle
+from core.errors import UsageError
+from core.teacher import load_teacher
+from core.ui import Console
+from core.workdir import prepare_out_dir
 from pipeline.config import RunConfig
-from pipeline.errors import UsageError
-from pipeline.orchestrate import prepare_out_dir, stage_distill, stage_export, stage_quantize
-from pipeline.ui import Console
+from pipeline.run import export, quantize
+from stages.distill.engine import vae_memory
+from stages.distill.stage import load_vae, stage_distill
 
 
 def default_update_out(bundle: Path) -> Path:
@@ -37,8 +40,6 @@ def update_bundle(bundle: Path, cfg: RunConfig, out: Path, console: Console, for
     shape = [d for d in manifest.input.get("shape", [])[1:]]
     cfg.target = manifest.target
 
-    from pipeline.teacher import load_teacher
-
     _, spec = load_teacher(cfg)
     if list(spec.input_shape) != shape or spec.num_classes != manifest.num_classes:
         raise UsageError(f"the new teacher takes {list(spec.input_shape)} with {spec.num_classes} classes; the bundle's "
@@ -52,15 +53,11 @@ def update_bundle(bundle: Path, cfg: RunConfig, out: Path, console: Console, for
         cfg.distill.vae_latent_dim = int(vae_spec["latent_dim"])
 
         def memory_factory(teacher, device):
-            from stages.distill.engine import vae_memory
-            from stages.distill.networks import VAE
-
-            vae = VAE(tuple(vae_spec["input_shape"]), vae_spec["latent_dim"], width=vae_spec.get("width", 64))
-            vae = wd.load_module(vae, bundle / vae_art.path)
+            vae = load_vae(vae_spec, bundle / vae_art.path)
             return vae_memory(cfg.distill, vae.to(device), teacher, trained=True)  # replays the old stream at once
 
     console.info(f"update: {bundle} -> {out} (target {manifest.target}, replay {cfg.distill.replay})")
     stage_distill(cfg, out, False, console, memory_factory=memory_factory,
                   student_from=(student_spec, bundle / student_art.path))
-    stage_quantize(out, console, manifest.target)
-    return stage_export(out, console, manifest.target, parent=parent_sha)
+    quantize(out, console, manifest.target)
+    return export(out, console, manifest.target, parent=parent_sha)

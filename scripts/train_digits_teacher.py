@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from pipeline.tasks import digits
+from core.tasks import digits
 
 
 def main() -> None:

@@ -16,7 +16,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from pipeline.errors import UsageError
+from core.errors import UsageError
+from core.target import ExportContext, Target
+from targets import TARGET_NAMES
 
 
 @dataclass(frozen=True)
@@ -27,7 +29,6 @@ class Finding:
     message: str
 
 
-TARGETS = ("jetson", "mobile")
 QDQ = ("QuantizeLinear", "DequantizeLinear")
 
 # TensorRT ONNX parser support matrix (onnx-tensorrt docs/operators.md, TensorRT 10 and 11):
@@ -252,8 +253,8 @@ def _load(model: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
 
 def check_model(model: str | os.PathLike | onnx.ModelProto, target: str, allow_dynamic_batch: bool = True) -> list[Finding]:
     """Findings (empty when clean) of what `target`'s runtime will reject or run slowly."""
-    if target not in TARGETS:
-        raise UsageError(f"unknown target '{target}'; choose one of: {', '.join(TARGETS)}")
+    if target not in TARGET_NAMES:
+        raise UsageError(f"unknown target '{target}'; choose one of: {', '.join(TARGET_NAMES)}")
     g = _Graph(_load(model))
     body = _check_jetson(g) if target == "jetson" else _check_mobile(g)
     return _dynamic_inputs(g, allow_dynamic_batch) + body
@@ -332,3 +333,10 @@ def fuse_report(path: str | os.PathLike, level: str = "all") -> dict:
         "float": sum(flt.values()),
         "integer_fraction": (sum(integer.values()) / total) if total else None,
     }
+
+
+class StaticCheckTarget(Target):
+    """A target whose runtime's INT8 rules `check_model` knows: its export runs the static check by name."""
+
+    def check(self, ctx: ExportContext) -> list[Finding]:
+        return check_model(ctx.int8_onnx, self.name)

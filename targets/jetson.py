@@ -14,11 +14,11 @@ from pathlib import Path
 
 import onnx
 
-from pipeline.bundle import Manifest, verify_bundle, write_manifest
-from pipeline.errors import UsageError
-from pipeline.fileio import sha256_file, write_json, write_text
-from targets.base import BenchmarkRequest, ExportContext, ExportedArtifact, RuntimeMissing, Target
-from targets.check import Finding, check_model
+from core.bundle import Manifest, verify_bundle, write_manifest
+from core.errors import UsageError
+from core.fileio import sha256_file, write_json, write_text
+from core.target import BenchmarkRequest, ExportContext, ExportedArtifact, RuntimeMissing
+from targets.check import StaticCheckTarget
 from targets.profiles import JetsonProfile, resolve_profile
 from targets.tensorrt_engine import (
     SCRIPT_VERSIONS,
@@ -83,12 +83,10 @@ def _installed_settings(profile: JetsonProfile, shape: tuple[int, ...], input_na
     return build_settings(profile, trt.__version__, shape, input_name, dynamic)
 
 
-class JetsonTarget(Target):
+class JetsonTarget(StaticCheckTarget):
     name = "jetson"
+    scheme = "tensorrt"
     description = "NVIDIA Jetson: TensorRT INT8 engine from the Q/DQ ONNX, built on the device (trtexec script included)"
-
-    def check(self, ctx: ExportContext) -> list[Finding]:
-        return check_model(ctx.int8_onnx, "jetson")
 
     def export(self, ctx: ExportContext) -> list[ExportedArtifact]:
         profile = resolve_profile(ctx.profile, "jetson")
@@ -157,7 +155,7 @@ class JetsonTarget(Target):
         return [ExportedArtifact(engine, "tensorrt-engine")]
 
     def benchmark(self, req: BenchmarkRequest) -> list[dict]:
-        from pipeline.latency import measure_onnx
+        from targets.runners import onnx_rows
 
         bundle = Path(req.bundle_dir)
         manifest = verify_bundle(bundle)
@@ -172,15 +170,8 @@ class JetsonTarget(Target):
             else:
                 say_once(f"jetson: skipping the TensorRT engine ({msg})")
         # Host CPU numbers always: they show the INT8 model runs, and compare FP32 with INT8.
-        for role, label in (("student-fp32-onnx", "fp32 onnx (host cpu)"), ("student-int8-onnx", "int8 onnx (host cpu)")):
-            art = manifest.artifact(role)
-            if art is None:
-                continue
-            for b in req.batches:
-                for t in req.threads:
-                    rows.append(measure_onnx(bundle / art.path, batch=b, threads=t, runs=req.runs,
-                                             duration_s=req.duration_s, warmup=req.warmup, label=f"{Path(art.path).name}: {label}"))
-        return rows
+        return rows + onnx_rows(bundle, manifest, [("student-fp32-onnx", "fp32 onnx (host cpu)"),
+                                                   ("student-int8-onnx", "int8 onnx (host cpu)")], req)
 
 
 def _engine_dla_core(bundle: Path) -> int | None:

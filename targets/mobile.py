@@ -13,11 +13,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from pipeline.bundle import verify_bundle
-from pipeline.errors import RunError
-from pipeline.fileio import write_bytes, write_json, write_text
-from targets.base import BenchmarkRequest, ExportContext, ExportedArtifact, Target
-from targets.check import Finding, check_model
+from core.bundle import verify_bundle
+from core.errors import RunError
+from core.fileio import write_bytes, write_json, write_text
+from core.target import BenchmarkRequest, ExportContext, ExportedArtifact
+from targets.check import StaticCheckTarget
 from targets.profiles import MobileProfile, resolve_profile
 
 SESSION_FILE = "ort_session.json"
@@ -135,12 +135,10 @@ let int8Session = try ORTSession(env: env, modelPath: "{int8}", sessionOptions: 
 """
 
 
-class MobileTarget(Target):
+class MobileTarget(StaticCheckTarget):
     name = "mobile"
+    scheme = "onnxruntime"
     description = "Phones: ONNX Runtime .ort models with XNNPACK / NNAPI / CoreML session settings"
-
-    def check(self, ctx: ExportContext) -> list[Finding]:
-        return check_model(ctx.int8_onnx, "mobile")
 
     def export(self, ctx: ExportContext) -> list[ExportedArtifact]:
         import onnxruntime as ort
@@ -170,19 +168,9 @@ class MobileTarget(Target):
         return []  # nothing to build on the device: the .ort files load as they are
 
     def benchmark(self, req: BenchmarkRequest) -> list[dict]:
-        from pipeline.latency import measure_onnx
+        from targets.runners import onnx_rows
 
         bundle = Path(req.bundle_dir)
-        manifest = verify_bundle(bundle)
-        rows = []
-        for role, what in (("student-fp32-onnx", "fp32 onnx"), ("student-int8-onnx", "int8 onnx"),
-                           ("ort-model-fp32", "fp32 .ort"), ("ort-model", "int8 .ort")):
-            art = manifest.artifact(role)
-            if art is None:
-                continue
-            for b in req.batches:
-                for t in req.threads:
-                    rows.append(measure_onnx(bundle / art.path, batch=b, threads=t, runs=req.runs,
-                                             duration_s=req.duration_s, warmup=req.warmup,
-                                             label=f"{Path(art.path).name}: {what} (host cpu)"))
-        return rows
+        roles = [("student-fp32-onnx", "fp32 onnx"), ("student-int8-onnx", "int8 onnx"),
+                 ("ort-model-fp32", "fp32 .ort"), ("ort-model", "int8 .ort")]
+        return onnx_rows(bundle, verify_bundle(bundle), [(role, f"{what} (host cpu)") for role, what in roles], req)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from pipeline.errors import UsageError
+from core.errors import UsageError
 
 
 @dataclass(frozen=True)

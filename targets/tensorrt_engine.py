@@ -21,7 +21,6 @@ DLA", "Strongly Typed Networks"):
 from __future__ import annotations
 
 import functools
-import json
 import re
 import shlex
 import socket
@@ -29,9 +28,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from pipeline.errors import RunError, UsageError
-from pipeline.fileio import write_bytes
-from targets.base import RuntimeMissing
+from core.errors import RunError, UsageError
+from core.fileio import write_bytes
+from core.target import RuntimeMissing
 from targets.profiles import JetsonProfile
 
 TRTEXEC_PATHS = ("/usr/src/tensorrt/bin/trtexec",)
@@ -467,7 +466,7 @@ def benchmark_engine(
     dla_core: int | None = None,
 ) -> dict:
     """Latency of a TensorRT engine: host wall time per synchronous inference, and GPU time from CUDA events."""
-    from pipeline.latency import percentiles
+    from targets.runners import latency_row, time_calls
 
     trt = _require_tensorrt()
     import numpy as np
@@ -502,33 +501,7 @@ def benchmark_engine(
         if not context.execute_async_v3(cuda.handle):
             raise RunError("TensorRT execute_async_v3 failed")
 
-    for _ in range(warmup):
-        cuda.timed(enqueue)
-    wall, gpu = [], []
-    deadline = None if duration_s is None else time.perf_counter() + duration_s
-    target = runs or (None if deadline else 200)
-    while True:
-        t0 = time.perf_counter()
-        gpu.append(cuda.timed(enqueue))
-        wall.append((time.perf_counter() - t0) * 1e3)
-        if target is not None and len(wall) >= target and (deadline is None or time.perf_counter() >= deadline):
-            break
-        if target is None and time.perf_counter() >= deadline and len(wall) >= 10:
-            break
-    stats = percentiles(wall)
-    return {
-        "runtime": "tensorrt",
-        "provider": "dla" if dla_core is not None else "gpu",
-        "model": engine_path.name,
-        "batch": batch,
-        "threads": None,
-        **stats,
-        "throughput_per_s": batch * 1000.0 / stats["mean_ms"],
-        "gpu_compute_ms": float(np.mean(gpu)),
-        "runs": len(wall),
-        "measured_on": f"{socket.gethostname()}, {_gpu_name()}, TensorRT {trt.__version__}",
-    }
-
-
-def settings_json(settings: dict[str, BuildSettings]) -> str:
-    return json.dumps({k: v.to_json() for k, v in settings.items()}, indent=2) + "\n"
+    wall, gpu = time_calls(lambda: cuda.timed(enqueue), runs, duration_s, warmup)
+    return latency_row("tensorrt", "dla" if dla_core is not None else "gpu", engine_path.name, batch, None, wall,
+                       f"{socket.gethostname()}, {_gpu_name()}, TensorRT {trt.__version__}",
+                       gpu_compute_ms=float(np.mean(gpu)))

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.config import load_config
-from pipeline.errors import UsageError
+from core.errors import UsageError
 from stages.distill.augment import mix, perturb, translate
 from stages.distill.engine import distill
 from stages.distill.memory import NoReplay

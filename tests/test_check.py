@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
-from pipeline.errors import UsageError
+from core.errors import UsageError
 from qdq_models import float_conv_model, qdq_conv_model
 from targets.check import Finding, check_model, format_findings, fuse_report, optimized_op_counts
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from pipeline.config import load_config
-from pipeline.errors import UsageError
+from core.errors import UsageError
 from stages.distill import criteria
 from stages.distill.averaging import WeightAverage
 from stages.distill.engine import build_memory, distill, expected_accuracy, largest_drop
@@ -540,7 +540,7 @@ def _resolutions(model: nn.Module, shape) -> list[int]:
 
 
 def test_new_students_pool_late_and_students_specified_before_rebuild_early(tmp_path):
-    from pipeline import workdir as wd
+    from core import workdir as wd
 
     spec = student_spec(SHAPE, 10, 94_186, 0.25)
     assert spec["pooling"] == "late"
@@ -630,7 +630,7 @@ def test_prior_is_standard_normal_unless_fitted():
 
 
 def test_fitted_prior_ships_in_the_vae_file_and_old_files_still_load(tmp_path):
-    from pipeline import workdir as wd
+    from core import workdir as wd
 
     vae = VAE(SHAPE, 4)
     vae.prior_mean.fill_(0.5)

@@ -15,8 +15,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from pipeline.errors import RunError, UsageError
-from pipeline.world import World, world_from_env
+from core.errors import RunError, UsageError
+from core.world import World, world_from_env
 from tests.conftest import ROOT, run_cli
 
 # Long enough for the digits student to converge, short enough for two runs in about two minutes.
@@ -66,6 +66,44 @@ def test_ranks_holding_different_weights_are_detected(tmp_path, same):
         assert dict(results) == {0: "ok", 1: "ok"}
     else:
         assert all("student weights differ between ranks" in results[r] for r in (0, 1))
+
+
+def _step_worker(rank: int, init_file: str, results) -> None:
+    """One SGD step of a DDP-wrapped model on this rank's half of a fixed batch."""
+    from stages.distill.parallel import wrap
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        model, x, y = _step_problem()
+        opt = torch.optim.SGD(model.parameters(), lr=0.5)
+        trained = wrap(model, World(rank, 2, rank), torch.device("cpu"))
+        half = slice(rank * 4, rank * 4 + 4)
+        nn.functional.mse_loss(trained(x[half]), y[half]).backward()
+        opt.step()
+        results[rank] = [p.detach().clone() for p in model.parameters()]
+    finally:
+        dist.destroy_process_group()
+
+
+def _step_problem():
+    torch.manual_seed(0)
+    return nn.Linear(5, 3), torch.randn(8, 5), torch.randn(8, 3)
+
+
+def test_two_processes_average_their_gradients(tmp_path):
+    """Each rank steps on half of the batch; DDP's averaged gradient must give the weights one process
+    gets from the whole batch (the mean loss over 8 rows is the mean of the two halves' mean losses)."""
+    results = mp.Manager().dict()
+    mp.spawn(_step_worker, args=(str(tmp_path / "init-step"), results), nprocs=2, join=True)
+    model, x, y = _step_problem()
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    nn.functional.mse_loss(model(x), y).backward()
+    opt.step()
+    for ranked, whole, old in zip(zip(results[0], results[1]), model.parameters(), before):
+        assert not torch.allclose(whole, old)  # the step moved the weights
+        for r in ranked:
+            torch.testing.assert_close(r, whole.detach(), rtol=1e-5, atol=1e-6)
 
 
 def _group_worker(rank: int, init_file: str, fail: bool, results) -> None:

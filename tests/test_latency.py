@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.errors import UsageError
-from pipeline.latency import bare_loop_ms, harness_overhead, measure_onnx, percentiles
+from core.errors import UsageError
+from targets.runners import bare_loop_ms, harness_overhead, measure_onnx, percentiles
 
 ROW_KEYS = {
     "runtime", "provider", "model", "batch", "threads", "p50_ms", "p90_ms", "p99_ms", "mean_ms",

@@ -11,6 +11,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from core.evaluation import read_npz
+from tests.conftest import onnx_test_accuracy
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "own_teacher"
 
@@ -60,7 +65,11 @@ def test_readme_own_teacher_commands_build_bundles(tmp_path):
         acc = report["accuracy"]
         test_file = cfg.replace(".toml", "_test.npz")
         assert acc["evaluated_on"].startswith(test_file)  # the user's own held-out split, report only
-        assert acc["teacher"] > 0.9 and 0 <= acc["student_int8"] <= 1
+        assert acc["teacher"] > 0.9
+        inp = manifest["input"]
+        x, y = read_npz(work / test_file, {"input_shape": inp["shape"][1:], "num_classes": manifest["num_classes"],
+                                           "scale": inp["scale"], "mean": inp["mean"], "std": inp["std"]})
+        assert acc["student_int8"] == pytest.approx(onnx_test_accuracy(out / "student_int8.onnx", x.numpy(), y.numpy()))
         assert (out / "report.html").is_file() and (out / "report.md").is_file()
     tab = json.loads((outs[0][0] / "manifest.json").read_text()) if outs[0][1] == "tabular.toml" else None
     if tab is not None:

@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from pipeline import FORMAT_VERSION
-from pipeline.bundle import Artifact, Manifest, parse_manifest
+from core.bundle import Artifact, Manifest, parse_manifest
 from pipeline.config import RunConfig, _SECTIONS, load_config, validate
-from pipeline.errors import UsageError
+from core.errors import UsageError
 
 SETTINGS = settings(max_examples=int(os.environ.get("PROP_EXAMPLES", "150")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 WORK = Path(tempfile.mkdtemp(prefix="pipeline-props-"))

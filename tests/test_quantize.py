@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -11,8 +10,8 @@ from torch import nn
 
 from pipeline.config import QuantizeConfig
 from stages.distill.networks import build_student
-from stages.onnx_tidy import tidy_qdq
-from stages.quantize import count_batchnorm, export_onnx, fold_batchnorm, qdq_summary, quantize
+from stages.quantize.onnx_tidy import tidy_qdq
+from stages.quantize.qat import count_batchnorm, export_onnx, fold_batchnorm, qdq_summary, quantize
 from targets.check import check_model, fuse_report
 
 SPEC = {"family": "conv", "shape": [1, 8, 8], "num_classes": 10, "widths": [8, 16, 32]}
@@ -95,7 +94,7 @@ def test_qat_reduces_kd_loss(models):
 @pytest.mark.parametrize("balanced", [True, False])
 def test_calibration_samples_follow_the_runs_vae_settings(balanced):
     from pipeline.config import RunConfig
-    from pipeline.orchestrate import synthetic_sources
+    from stages.quantize.stage import synthetic_sources
     from stages.distill.networks import VAE
 
     cfg = RunConfig()

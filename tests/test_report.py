@@ -7,7 +7,6 @@ import copy
 import json
 from html.parser import HTMLParser
 
-import pytest
 from rich.console import Console
 
 from pipeline.report import latency_table, strip_samples, summary_table, write_reports

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from pipeline.bundle import verify_bundle
-from pipeline.fileio import sha256_file
+from core.bundle import verify_bundle
+from core.fileio import sha256_file
 from tests.conftest import ROOT, run_cli
 
 ITERATIONS, EVERY = 60, 5

@@ -88,7 +88,7 @@ def test_flipped_byte_refused(bundle_copy, command):
 def test_update_refuses_tampered_bundle(bundle_copy, tmp_path):
     _flip_byte(bundle_copy / "vae.safetensors")
     new = tmp_path / "new.toml"
-    new.write_text('[teacher]\nfactory = "pipeline.tasks.digits:build_teacher"\ninput_shape = [1, 8, 8]\nnum_classes = 10\n')
+    new.write_text('[teacher]\nfactory = "core.tasks.digits:build_teacher"\ninput_shape = [1, 8, 8]\nnum_classes = 10\n')
     r = run_cli("update", str(bundle_copy), "--config", str(new), "--out", str(tmp_path / "updated"), timeout=180)
     assert_one_line_error(r, 1, "vae.safetensors does not match its sha256")
     assert not (tmp_path / "updated").exists()
@@ -133,9 +133,9 @@ def test_other_tampering_refused(bundle_copy, tmp_path):
 
 def test_update_never_overwrites_its_parent(bundle_copy, tmp_path):
     new = tmp_path / "new.toml"
-    new.write_text('[teacher]\nfactory = "pipeline.tasks.digits:build_teacher"\ninput_shape = [1, 8, 8]\nnum_classes = 10\n')
+    new.write_text('[teacher]\nfactory = "core.tasks.digits:build_teacher"\ninput_shape = [1, 8, 8]\nnum_classes = 10\n')
     r = run_cli("update", str(bundle_copy), "--config", str(new), "--out", str(bundle_copy), "--force", timeout=180)
     assert_one_line_error(r, 2, "--out must differ from BUNDLE")
-    from pipeline.bundle import verify_bundle
+    from core.bundle import verify_bundle
 
     verify_bundle(bundle_copy)  # intact

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,11 +11,12 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from pipeline.bundle import Manifest, write_manifest
-from pipeline.errors import UsageError
+from core.bundle import Manifest, write_manifest
+from core.errors import UsageError
 from qdq_models import float_conv_model, qdq_conv_model
-from targets.base import BenchmarkRequest, ExportContext
+from core.target import BenchmarkRequest, ExportContext
 from targets.profiles import default_profile, get_profile, profile_names
+from targets import TARGET_NAMES
 from targets.registry import TARGETS, get_target
 
 
@@ -122,9 +124,13 @@ def test_check_method_on_targets(tmp_path):
     assert [f.rule for f in get_target("jetson").check(ctx)] == ["unsupported-op"]
 
 
-def test_registry():
-    assert set(TARGETS) == {"jetson", "mobile"}
-    assert get_target("jetson").name == "jetson"
+def test_registry_serves_every_named_target_with_a_quantization_scheme():
+    from stages.quantize.qat import SUPPORTED_SCHEMES
+
+    for name in TARGET_NAMES:
+        target = get_target(name)
+        assert target.name == name and target.scheme in SUPPORTED_SCHEMES
+    assert tuple(TARGETS) == TARGET_NAMES
     with pytest.raises(UsageError, match="unknown target 'tpu'; choose one of: jetson, mobile"):
         get_target("tpu")
 
@@ -137,5 +143,5 @@ def test_profiles():
         get_profile("pixel")
     with pytest.raises(UsageError, match="is for target mobile"):
         get_profile("phone-big-core", "jetson")
-    with pytest.raises(Exception):
-        get_profile("orin-nano").workspace_mib = 1  # frozen
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        get_profile("orin-nano").workspace_mib = 1

@@ -14,11 +14,11 @@ import onnx
 import pytest
 import torch
 
-from pipeline.bundle import Manifest, read_manifest, write_manifest
-from pipeline.errors import UsageError
-from pipeline.fileio import sha256_file
+from core.bundle import Manifest, read_manifest, write_manifest
+from core.errors import UsageError
+from core.fileio import sha256_file
 from qdq_models import qdq_conv_model
-from targets.base import ExportContext, RuntimeMissing
+from core.target import ExportContext, RuntimeMissing
 from targets.jetson import BUILD_SCRIPT, SETTINGS_FILE, JetsonTarget
 from targets.profiles import get_profile
 from targets.tensorrt_engine import BuildSettings, build_script, build_settings, tensorrt_status, trtexec_command
@@ -208,7 +208,7 @@ def test_jetson_build_verifies_bundle_first(tmp_path):
     d = make_bundle(tmp_path)
     with open(d / "student_int8.onnx", "ab") as f:
         f.write(b"tampered")
-    from pipeline.errors import RunError
+    from core.errors import RunError
 
     with pytest.raises(RunError, match="does not match its sha256"):
         JetsonTarget().build(d)

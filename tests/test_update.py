@@ -8,11 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from safetensors.torch import save_file
 
-from pipeline.tasks import digits
-from pipeline.teacher import load_weights
+from core.tasks import digits
+from core.teacher import load_weights
 from stages.distill.probes import synthesize_probes
 from tests.conftest import run_cli
 
@@ -28,7 +27,7 @@ def new_teacher_config(tmp_path_factory) -> Path:
     t2 = digits.fine_tune(t1, SWAP, epochs=3)
     save_file({k: v.contiguous() for k, v in t2.state_dict().items()}, str(d / "t2.safetensors"))
     (d / "new.toml").write_text(
-        '[teacher]\nfactory = "pipeline.tasks.digits:build_teacher"\nweights = "t2.safetensors"\n'
+        '[teacher]\nfactory = "core.tasks.digits:build_teacher"\nweights = "t2.safetensors"\n'
         "input_shape = [1, 8, 8]\nnum_classes = 10\nmean = [0.3059]\nstd = [0.3782]\nscale = 0.0625\n"
     )
     return d / "new.toml"

@@ -1,16 +1,16 @@
 """The distillation loop: generator exploration, student KD with replay, VAE memory updates.
 
 One outer iteration (as in the PRE-DFKD reference):
-  1. generator step: synthesise a batch the teacher finds plausible but the student gets wrong;
-  2. `kd_steps` student steps on fresh generator samples mixed with a replay batch from memory,
-     the memory learning the newest samples during the first `vae_steps` of them.
-No validation data: the final student is the last one (with `ema_decay`, the moving average of the
-student's weights up to the last step; see averaging.py).
+  1. synthesizer step: a batch the teacher finds plausible but the student gets wrong;
+  2. `kd_steps` student steps on fresh synthetic samples mixed with a replay batch from memory,
+  3. the memory learning the newest samples during the first `vae_steps` of them.
+No validation data: the shipped student is the last one (with `ema_decay`, the moving average of the
+student's weights; see averaging.py). Resume, several processes and the memory layout are set up around
+the loop (`_Session`), not inside it.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,15 +19,16 @@ from typing import Callable
 import torch
 from torch import nn
 
-from pipeline.config import DistillConfig, check_against_teacher
-from pipeline.errors import RunError, UsageError
-from pipeline.fileio import atomic_path
-from pipeline.world import SINGLE, World
+from stages.distill.config import DistillConfig, check_against_teacher
+from core.errors import RunError, UsageError
+from core.fileio import atomic_path
+from core.world import SINGLE, World
 from stages.distill import augment, criteria, parallel
 from stages.distill.averaging import WeightAverage
 from stages.distill.memory import NoReplay, ReservoirMemory, VAEMemory
-from stages.distill.networks import VAE, auto_vae_width, build_generator
+from stages.distill.networks import VAE, auto_vae_width
 from stages.distill.probes import agreement, synthesize_probes
+from stages.distill.synthesizer import AdversarialSynthesizer
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -77,16 +78,9 @@ def _student_optimizer(cfg: DistillConfig, student: nn.Module) -> torch.optim.Op
     return torch.optim.Adam(student.parameters(), lr=cfg.lr_student)
 
 
-def _finite(value: torch.Tensor, what: str, step: int, out_dir: Path) -> None:
-    if not torch.isfinite(value):
-        kept = out_dir / CHECKPOINT
-        where = f"; last good checkpoint kept at {kept}" if kept.exists() else ""
-        raise RunError(f"distill: {what} became {value.item()} at step {step}{where}")
-
-
 class _Layout:
-    """Channels-last weights for image models on the CPU: oneDNN's convolutions make distillation there
-    15-20% faster. Every model it touched, the caller's teacher included, goes back to the default layout."""
+    """Channels-last weights for image models on the CPU, where oneDNN's convolutions run faster in that layout.
+    Every model it touched, the caller's teacher included, goes back to the default layout."""
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
@@ -134,12 +128,192 @@ def distill(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, shape: t
     device = torch.device(device)
     layout = _Layout(enabled=len(shape) == 3 and device.type == "cpu")
     frozen = _Frozen(teacher)
+    session = None
     try:
-        return _distill(cfg, teacher, student, shape, out_dir, device, seed, evaluate, resume, progress,
-                        memory, world, layout)
+        session = _Session(cfg, teacher, student, shape, out_dir, device, seed, memory, world, layout)
+        if resume:
+            session.restore()
+        session.wrap()
+        _train(session, cfg, evaluate, progress)
+        return session.result()
     finally:
+        if session is not None:
+            session.synth.close()
         frozen.restore()
         layout.restore()
+
+
+def _train(s: "_Session", cfg: DistillConfig, evaluate, progress) -> None:
+    """The algorithm: explore, learn with replay, remember; evaluation and checkpoints around it."""
+    t0 = time.perf_counter()
+    for it in range(s.start, cfg.iterations):
+        # 1. Explore: the generator learns to make what the teacher finds plausible and the student gets wrong.
+        loss_g = s.synth.step(s.student, s.batch, s.focus(it))
+        s.finite(loss_g, "generator loss", it)
+        # 2. Learn: the student matches the teacher on fresh samples and replayed memories.
+        s.student.train()
+        for k in range(cfg.kd_steps):
+            x_new = s.synth.sample(s.batch)
+            replay = s.memory.sample(s.replay_batch)
+            x_all = x_new if replay is None else torch.cat([x_new, replay])
+            if s.perturbed:
+                x_all = _around(x_all, s.student, s.teacher, cfg)
+            with torch.no_grad():
+                t_all = s.teacher(x_all)  # one teacher pass serves the student and the memory
+            loss_s = criteria.kd_loss(cfg.kd_loss, s.student_train(x_all), t_all, cfg.kd_temperature)
+            s.finite(loss_s, "student loss", it)
+            s.opt.zero_grad(set_to_none=True)
+            loss_s.backward()
+            s.opt.step()
+            if s.average is not None:
+                s.average.update(s.student)
+            # 3. Remember: the memory learns the newest clean samples.
+            if k < cfg.vae_steps:
+                s.remember(x_new, replay, None if s.perturbed else t_all)
+        if s.sched is not None:
+            s.sched.step()
+        s.after_iteration(it + 1, t0, evaluate, progress, loss_s, loss_g)
+
+
+def _around(x: torch.Tensor, student: nn.Module, teacher: nn.Module, cfg: DistillConfig) -> torch.Tensor:
+    """The KD batch moved around its samples (noise, shifts, mixes, toward disagreement): the teacher labels
+    the moved inputs, so the student learns the teacher around each sample, not only on it."""
+    x = augment.perturb(x, cfg.input_shift, cfg.input_mix, cfg.input_noise)
+    return augment.toward_disagreement(x, student, teacher, cfg.input_attack, cfg.attack_steps, cfg.attack_fraction)
+
+
+class _Session:
+    """Everything the loop works on, built once: models, optimisers, memory, probes, resume state, DDP."""
+
+    def __init__(self, cfg: DistillConfig, teacher: nn.Module, student: nn.Module, shape: tuple[int, ...],
+                 out_dir: Path, device: torch.device, seed: int, memory, world: World, layout: _Layout):
+        if world.is_main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(seed)
+        self.cfg, self.out_dir, self.world, self.seed, self.device = cfg, out_dir, world, seed, device
+        self.teacher = teacher.to(device).eval()
+        self.student = student.to(device)
+        self.synth = AdversarialSynthesizer(cfg, self.teacher, shape, device)
+        self.memory = memory if memory is not None else build_memory(cfg, shape, self.teacher, device)
+        layout.adopt(self.teacher, self.student, self.synth.generator, self.vae)
+        layout.check(shape, device, self.teacher, self.student)
+        self.opt = _student_optimizer(cfg, self.student)
+        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=cfg.iterations) if cfg.cosine_schedule else None
+        self.average = WeightAverage(self.student, cfg.ema_decay) if cfg.ema_decay > 0 else None
+        layout.adopt(self.average.model if self.average is not None else None)
+        self.shipped = self.average.model if self.average is not None else self.student  # evaluated and returned
+        num_classes = _num_classes(self.teacher, shape, device)
+        check_against_teacher(cfg, shape, num_classes)
+        self.groups = criteria.class_groups(num_classes, cfg.class_phases) if cfg.class_phases else None
+        self.probes, self.probe_labels = None, None
+        if world.is_main:
+            self.probes, self.probe_labels = synthesize_probes(self.teacher, shape, num_classes, cfg.probe_per_class,
+                                                               seed=seed + 1234, device=device)
+        if world.distributed:
+            torch.manual_seed(_rank_seed(seed, world))  # same initial weights (DDP checks), own sample streams
+        self.batch, self.replay_batch = world.share(cfg.batch_size), world.share(cfg.replay_batch)
+        self.perturbed = cfg.input_noise > 0 or cfg.input_shift > 0 or cfg.input_mix > 0 or cfg.input_attack > 0
+        self.history: list[dict] = []
+        self.start, self.elapsed_before, self.resumed_from, self.wall_s = 0, 0.0, None, 0.0
+        self.student_train = self.student
+
+    @property
+    def vae(self) -> VAE | None:
+        return self.memory.vae if isinstance(self.memory, VAEMemory) else None
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.out_dir / CHECKPOINT
+
+    def focus(self, it: int) -> list[int] | None:
+        """The class group the generator is steered to at `it` (the class-phased stress setting), or None."""
+        if not self.groups:
+            return None
+        return self.groups[criteria.phase_of(it, self.cfg.iterations, len(self.groups), self.cfg.phase_cycles)]
+
+    def remember(self, x_new: torch.Tensor, replay: torch.Tensor | None, t_all: torch.Tensor | None) -> None:
+        """The memory learns the clean samples; without the teacher's answers (a perturbed batch) it asks itself."""
+        if t_all is None:
+            self.memory.observe(x_new, None, replay, None)
+        else:
+            n = x_new.shape[0]
+            self.memory.observe(x_new, t_all[:n], replay, None if replay is None else t_all[n:])
+
+    def finite(self, value: torch.Tensor, what: str, step: int) -> None:
+        if not torch.isfinite(value):
+            where = f"; last good checkpoint kept at {self.checkpoint}" if self.checkpoint.exists() else ""
+            raise RunError(f"distill: {what} became {value.item()} at step {step}{where}")
+
+    def _parts(self) -> dict:
+        parts = {"student": self.student, "synthesizer": self.synth, "memory": self.memory, "opt_s": self.opt}
+        if self.sched is not None:
+            parts["sched"] = self.sched
+        if self.average is not None:
+            parts["average"] = self.average
+        return parts
+
+    def restore(self) -> None:
+        """Continue from the checkpoint in `out_dir`, if there is one (rank 0 reads it for all)."""
+        found = self.world.is_main and self.checkpoint.exists()
+        state = parallel.broadcast(_load_checkpoint(self.checkpoint) if found else None, self.world)
+        if state is None:
+            return
+        if self.average is not None and "average" not in state:
+            raise UsageError(f"checkpoint {self.checkpoint} was written without distill.ema_decay; resume with "
+                             "--set distill.ema_decay=0 or start afresh")
+        for name, part in self._parts().items():
+            part.load_state_dict(state[name])
+        self.history = list(state["history"])
+        self.start = self.resumed_from = int(state["iteration"])
+        self.elapsed_before = self.wall_s = float(state["elapsed"])
+        rngs = state["rng_ranks"]
+        if len(rngs) == self.world.size:
+            torch.set_rng_state(rngs[self.world.rank])
+        else:  # resumed with another process count: fresh, still reproducible streams
+            torch.manual_seed(_rank_seed(self.seed, self.world) + self.start)
+
+    def wrap(self) -> None:
+        """Several processes: DDP averages the gradients of what each rank trains; the bare modules stay for
+        everything that needs no synchronisation (the student judged by the generator, sampling, eval)."""
+        self.student_train = parallel.wrap(self.student, self.world, self.device)
+        self.synth.trainer = parallel.wrap(self.synth.generator, self.world, self.device)
+        if self.vae is not None:
+            self.memory.trainer = parallel.wrap(self.vae, self.world, self.device)
+
+    def after_iteration(self, step: int, t0: float, evaluate, progress, loss_s, loss_g) -> None:
+        elapsed = self.elapsed_before + time.perf_counter() - t0
+        main = self.world.is_main
+        if main and (step % self.cfg.eval_every == 0 or step == self.cfg.iterations):
+            self.history.append({"step": step, "agreement": agreement(self.shipped, self.probes, self.probe_labels),
+                                 "accuracy": evaluate(self.shipped) if evaluate else None,
+                                 "loss_student": float(loss_s.detach()), "loss_generator": float(loss_g.detach()),
+                                 "elapsed_s": round(elapsed, 3)})
+        if progress and main:
+            progress(step, self.history[-1] if self.history else {})
+        if step % self.cfg.checkpoint_every == 0 and step < self.cfg.iterations:
+            rngs = parallel.gather(torch.get_rng_state(), self.world)  # every rank's stream, for an exact resume
+            if main:
+                self._save(step, elapsed, rngs)
+        self.wall_s = elapsed
+
+    def _save(self, step: int, elapsed: float, rngs: list[torch.Tensor]) -> None:
+        state = {name: part.state_dict() for name, part in self._parts().items()}
+        state.update({"iteration": step, "history": self.history, "elapsed": elapsed, "rng_ranks": rngs})
+        with atomic_path(self.checkpoint) as tmp:
+            torch.save(state, tmp)
+
+    def result(self) -> DistillResult:
+        self.student.eval()
+        models = {"student": self.student, "generator": self.synth.generator}
+        if self.average is not None:
+            models["average"] = self.average.model
+        if self.vae is not None:
+            models["vae"] = self.vae
+        parallel.check_in_sync(models, self.world)
+        if self.vae is not None:
+            self.memory.trainer = self.vae  # the DDP wrapper dies with the process group
+        return DistillResult(self.shipped, self.synth.generator, self.memory, self.history, self.wall_s,
+                             self.cfg.iterations, self.resumed_from)
 
 
 class _Frozen:
@@ -158,153 +332,6 @@ class _Frozen:
             p.requires_grad_(flag)
 
 
-def _distill(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, shape: tuple[int, ...], out_dir: Path,
-             device: torch.device, seed: int, evaluate: Callable[[nn.Module], float] | None, resume: bool,
-             progress: Callable[[int, dict], None] | None, memory, world: World, layout: _Layout) -> DistillResult:
-    if world.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-    teacher = teacher.to(device).eval()
-    student = student.to(device)
-    generator = build_generator(cfg.latent_dim, shape, width=cfg.generator_width).to(device)
-    memory = memory if memory is not None else build_memory(cfg, shape, teacher, device)
-    layout.adopt(teacher, student, generator, memory.vae if isinstance(memory, VAEMemory) else None)
-    layout.check(shape, device, teacher, student)
-    opt_s = _student_optimizer(cfg, student)
-    opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.lr_generator, betas=(0.5, 0.999))
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt_s, T_max=cfg.iterations) if cfg.cosine_schedule else None
-    average = WeightAverage(student, cfg.ema_decay) if cfg.ema_decay > 0 else None
-    layout.adopt(average.model if average is not None else None)
-    shipped = average.model if average is not None else student  # what is evaluated and returned
-    num_classes = _num_classes(teacher, shape, device)
-    check_against_teacher(cfg, shape, num_classes)
-    groups = criteria.class_groups(num_classes, cfg.class_phases) if cfg.class_phases else None
-    probes, probe_labels = None, None
-    if world.is_main:
-        probes, probe_labels = synthesize_probes(teacher, shape, num_classes,
-                                                 cfg.probe_per_class, seed=seed + 1234, device=device)
-    if world.distributed:
-        torch.manual_seed(_rank_seed(seed, world))  # same initial weights (DDP checks), own sample streams
-    bn = criteria.BNStatistics(teacher)
-    feats = criteria.PenultimateFeatures(teacher)
-    weights = {"adversarial": cfg.w_adv, "bn": cfg.w_bn if bn.layers else 0.0, "balance": cfg.w_balance,
-               "onehot": cfg.w_onehot, "activation": cfg.w_activation}
-    history: list[dict] = []
-    start, elapsed_before, resumed_from = 0, 0.0, None
-
-    ckpt_path = out_dir / CHECKPOINT
-    found = resume and world.is_main and ckpt_path.exists()
-    state = parallel.broadcast(_load_checkpoint(ckpt_path) if found else None, world)  # rank 0 reads for all
-    if state is not None:
-        student.load_state_dict(state["student"])
-        generator.load_state_dict(state["generator"])
-        memory.load_state_dict(state["memory"])
-        opt_s.load_state_dict(state["opt_s"])
-        opt_g.load_state_dict(state["opt_g"])
-        if sched is not None:
-            sched.load_state_dict(state["sched"])
-        if average is not None:
-            if "average" not in state:
-                raise UsageError(f"checkpoint {ckpt_path} was written without distill.ema_decay; resume with "
-                                 "--set distill.ema_decay=0 or start afresh")
-            average.load_state_dict(state["average"])
-        history = list(state["history"])
-        start = resumed_from = int(state["iteration"])
-        elapsed_before = float(state["elapsed"])
-        rngs = state.get("rng_ranks") or [state["rng"]]
-        if len(rngs) == world.size:
-            torch.set_rng_state(rngs[world.rank])
-        else:  # resumed with another process count: fresh, still reproducible streams
-            torch.manual_seed(_rank_seed(seed, world) + start)
-
-    # Several processes: DDP averages gradients of what each rank trains; the bare modules stay for
-    # everything that needs no synchronisation (the student judged by the generator, sampling, eval).
-    student_train = parallel.wrap(student, world, device)
-    generator_train = parallel.wrap(generator, world, device)
-    if isinstance(memory, VAEMemory):
-        memory.trainer = parallel.wrap(memory.vae, world, device)
-    batch, replay_batch = world.share(cfg.batch_size), world.share(cfg.replay_batch)
-    perturbed = cfg.input_noise > 0 or cfg.input_shift > 0 or cfg.input_mix > 0 or cfg.input_attack > 0
-
-    t0 = time.perf_counter()
-    for it in range(start, cfg.iterations):
-        # 1. Generator: explore where student and teacher disagree, on teacher-plausible inputs.
-        generator.train()
-        student.eval()
-        focus = groups[criteria.phase_of(it, cfg.iterations, len(groups), cfg.phase_cycles)] if groups else None
-        z = torch.randn(batch, cfg.latent_dim, device=device)
-        x = generator_train(z)
-        with bn:
-            t_logits = teacher(x)
-            bn_loss = bn.loss()
-        terms = {
-            "adversarial": criteria.adversarial_loss(cfg.adversarial, student(x), t_logits),
-            "bn": bn_loss,
-            "balance": criteria.class_balance(t_logits, focus),
-            "onehot": criteria.onehot(t_logits, focus),
-            "activation": criteria.activation(feats.features),
-        }
-        loss_g = criteria.generator_objective(weights, terms)
-        _finite(loss_g, "generator loss", it, out_dir)
-        opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        opt_g.step()
-
-        # 2. Student: learn the teacher on fresh samples plus replayed memories.
-        student.train()
-        for k in range(cfg.kd_steps):
-            with torch.no_grad():
-                x_new = generator(torch.randn(batch, cfg.latent_dim, device=device))
-            replay = memory.sample(replay_batch)
-            x_all = x_new if replay is None else torch.cat([x_new, replay])
-            if perturbed:  # the teacher labels the perturbed inputs below: KD around each sample, not only on it
-                x_all = augment.perturb(x_all, cfg.input_shift, cfg.input_mix, cfg.input_noise)
-                x_all = augment.toward_disagreement(x_all, student, teacher, cfg.input_attack, cfg.attack_steps,
-                                                    cfg.attack_fraction)
-            with torch.no_grad():
-                t_all = teacher(x_all)  # one teacher pass serves the student and the memory
-            loss_s = criteria.kd_loss(cfg.kd_loss, student_train(x_all), t_all, cfg.kd_temperature)
-            _finite(loss_s, "student loss", it, out_dir)
-            opt_s.zero_grad(set_to_none=True)
-            loss_s.backward()
-            opt_s.step()
-            if average is not None:
-                average.update(student)
-            if k < cfg.vae_steps:
-                n = x_new.shape[0]
-                if perturbed:  # the memory learns the clean samples; it asks the teacher itself
-                    memory.observe(x_new, None, replay, None)
-                else:
-                    memory.observe(x_new, t_all[:n], replay, None if replay is None else t_all[n:])
-        if sched is not None:
-            sched.step()
-
-        step = it + 1
-        if world.is_main and (step % cfg.eval_every == 0 or step == cfg.iterations):
-            row = {"step": step, "agreement": agreement(shipped, probes, probe_labels),
-                   "accuracy": evaluate(shipped) if evaluate else None,
-                   "loss_student": float(loss_s.detach()), "loss_generator": float(loss_g.detach()),
-                   "elapsed_s": round(elapsed_before + time.perf_counter() - t0, 3)}
-            history.append(row)
-        if progress and world.is_main:
-            progress(step, history[-1] if history else {})
-        if step % cfg.checkpoint_every == 0 and step < cfg.iterations:
-            rngs = parallel.gather(torch.get_rng_state(), world)  # every rank's stream, for an exact resume
-            if world.is_main:
-                _save_checkpoint(ckpt_path, step, student, generator, memory, opt_s, opt_g, sched, average, history,
-                                 elapsed_before + time.perf_counter() - t0, rngs)
-    bn.remove()
-    feats.remove()
-    student.eval()
-    parallel.check_in_sync({"student": student, "generator": generator,
-                            **({"average": average.model} if average is not None else {}),
-                            **({"vae": memory.vae} if isinstance(memory, VAEMemory) else {})}, world)
-    if isinstance(memory, VAEMemory):
-        memory.trainer = memory.vae  # the DDP wrapper dies with the process group
-    return DistillResult(shipped, generator, memory, history, elapsed_before + time.perf_counter() - t0,
-                         cfg.iterations, resumed_from)
-
-
 def _rank_seed(seed: int, world: World) -> int:
     """Each process draws its own samples; a prime stride keeps the ranks' streams apart for nearby seeds."""
     return seed + 7919 * world.rank
@@ -313,18 +340,6 @@ def _rank_seed(seed: int, world: World) -> int:
 def _num_classes(teacher: nn.Module, shape: tuple[int, ...], device: torch.device) -> int:
     with torch.no_grad():
         return int(teacher(torch.zeros(2, *shape, device=device)).shape[1])
-
-
-def _save_checkpoint(path: Path, step: int, student, generator, memory, opt_s, opt_g, sched, average, history,
-                     elapsed, rngs: list[torch.Tensor]) -> None:
-    state = {"iteration": step, "student": student.state_dict(), "generator": generator.state_dict(),
-             "memory": memory.state_dict(), "opt_s": opt_s.state_dict(), "opt_g": opt_g.state_dict(),
-             "sched": sched.state_dict() if sched is not None else {}, "history": history,
-             "elapsed": elapsed, "rng": rngs[0], "rng_ranks": rngs}
-    if average is not None:
-        state["average"] = average.state_dict()
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
 
 
 def _load_checkpoint(path: Path) -> dict:
@@ -345,6 +360,3 @@ def largest_drop(history: list[dict], key: str = "accuracy") -> float | None:
     drops = [a - b for a, b in zip(vals, vals[1:])]
     return max([0.0] + drops) if vals else None
 
-
-def _isfinite(v: float) -> bool:
-    return v is not None and math.isfinite(v)

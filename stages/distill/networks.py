@@ -100,8 +100,8 @@ class VectorEncoder(nn.Module):
 
 
 def auto_vae_width(shape: tuple[int, ...]) -> int:
-    """The VAE's width for `distill.vae_width = 0`: 32 for images of at most 16x16 pixels, 64 otherwise.
-    Measured: digits (8x8) distils 28% faster at 32 with the same accuracy; MNIST (28x28) lost 1.2-1.6 points."""
+    """The VAE's width for `distill.vae_width = 0`: 32 for images of at most 16x16 pixels (faster at the same
+    accuracy), 64 otherwise (larger images need the capacity)."""
     return 32 if _is_image(shape) and shape[1] * shape[2] <= 256 else 64
 
 
@@ -117,9 +117,9 @@ class VAE(nn.Module):
         else:
             self.encoder = VectorEncoder(shape, latent_dim, width=4 * width)
             self.decoder = VectorDecoder(latent_dim, shape, width=4 * width)
-        # Replay draws latents from a Gaussian fitted to the encoder's codes (the aggregate posterior), not
-        # from N(0, I): with a weak KL term the codes of the stream are correlated and off-centre, and prior
-        # draws decode to a few ambiguous blobs. Buffers, so the fit ships inside the VAE's file.
+        # With `vae_prior_decay > 0`, replay draws latents from a Gaussian fitted to the encoder's codes (the
+        # aggregate posterior) instead of N(0, I): with a weak KL term the codes of the stream are correlated and
+        # off-centre, and prior draws can decode to a few ambiguous blobs. Buffers, so the fit ships in the file.
         self.register_buffer("prior_mean", torch.zeros(latent_dim))
         self.register_buffer("prior_cov", torch.eye(latent_dim))
         # How many VAE updates the fit has seen: a shipped VAE's fit moves at its decay from the first update
@@ -129,7 +129,7 @@ class VAE(nn.Module):
 
     def fitted_prior(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(mean, L) of the fitted prior, or None while it was never fitted and is N(0, I): replay then uses
-        the codes as drawn. L is factorised once per state of the fit (9.5 ms at latent size 1000 on a CPU),
+        the codes as drawn. L is factorised once per state of the fit (milliseconds at large latent sizes),
         not once per draw: calibration and the kd steps after the last VAE update draw from a fixed fit."""
         if int(self.prior_count) == 0:
             return None
@@ -170,11 +170,10 @@ class VAE(nn.Module):
 class ConvStudent(nn.Module):
     """Conv-BN-ReLU stages with a 2x max-pooling between two of them wherever the resolution stays >= 4 pixels.
 
-    `pooling = "late"` (the built-in students since 2026-11-26) puts the poolings between the last stages, as
-    the digits teacher does, so a small image keeps its full resolution through the first two convolutions;
-    `"early"` (students specified before, rebuilt as they were trained) puts them between the first ones.
-    The two differ only for images under 16 pixels a side. On digits (8x8) the late student ended 4 images
-    better on average over 4 seeds (benchmarks/README.md)."""
+    `pooling = "late"` (the built-in students) puts the poolings between the last stages, as the digits teacher
+    does, so a small image keeps its full resolution through the first two convolutions; `"early"` (specs
+    written by older versions, rebuilt as they were trained) puts them between the first ones. The two differ
+    only for images under 16 pixels a side."""
 
     def __init__(self, shape: tuple[int, int, int], num_classes: int, widths: list[int], pooling: str = "late"):
         super().__init__()

@@ -16,8 +16,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from pipeline.errors import RunError, UsageError
-from pipeline.world import World
+from core.errors import RunError, UsageError
+from core.world import World
 
 
 def start(world: World, device: torch.device) -> torch.device:

@@ -23,14 +23,15 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from pipeline.config import QuantizeConfig
-from pipeline.errors import RunError
-from pipeline.fileio import atomic_path
+from stages.distill.criteria import kd_loss as kd_divergence
+from stages.quantize.config import QuantizeConfig
+from core.errors import RunError, UsageError
+from core.fileio import atomic_path
 
-SCHEMES = {"jetson": "tensorrt", "mobile": "onnxruntime"}
+
+SUPPORTED_SCHEMES = ("tensorrt", "onnxruntime")
 
 
 def use_reference_quantizer() -> None:
@@ -170,11 +171,13 @@ def force_signed(qmodel: nn.Module) -> int:
 
 def quantize(student: nn.Module, teacher: nn.Module, calibration_batches: list[torch.Tensor],
              qat_batch: Callable[[], torch.Tensor], cfg: QuantizeConfig, scheme: str, calibration: str,
-             example_input: torch.Tensor, kd_loss: str = "l1",
+             example_input: torch.Tensor, kd_loss: str = "l1", kd_temperature: float = 1.0,
              progress: Callable[[int], None] | None = None) -> QuantizeResult:
     """Quantize `student` for `scheme` on synthetic batches; fine-tune by KD from the teacher."""
     import nncf
 
+    if scheme not in SUPPORTED_SCHEMES:
+        raise UsageError(f"unknown INT8 scheme '{scheme}'; choose one of: {', '.join(SUPPORTED_SCHEMES)}")
     t0 = time.perf_counter()
     use_reference_quantizer()
     logging.getLogger("nncf").setLevel(logging.ERROR)
@@ -204,8 +207,7 @@ def quantize(student: nn.Module, teacher: nn.Module, calibration_batches: list[t
             with torch.no_grad():
                 target = teacher(x)
             out = qmodel(x)
-            loss = (out - target).abs().mean() if kd_loss == "l1" else F.kl_div(
-                F.log_softmax(out, 1), F.softmax(target, 1), reduction="batchmean")
+            loss = kd_divergence(kd_loss, out, target, kd_temperature)
             if not torch.isfinite(loss):
                 raise RunError(f"quantize: QAT loss became {loss.item()} at step {step}")
             opt.zero_grad(set_to_none=True)

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pipeline import FORMAT_VERSION, __version__
-from pipeline.errors import RunError, UsageError
-from pipeline.fileio import sha256_file, write_json
+from core import FORMAT_VERSION, __version__
+from core.errors import RunError, UsageError
+from core.fileio import sha256_file, write_json
 
 MANIFEST = "manifest.json"
 REPORT = "report.json"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from pipeline.errors import UsageError
+from core.errors import UsageError
 
 # Only distillation is split across processes; the later stages run once, on rank 0.
 DISTRIBUTED_COMMANDS = ("run", "distill")

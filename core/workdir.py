@@ -11,9 +11,8 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline.config import RunConfig, _apply, to_dict, validate
-from pipeline.errors import RunError, UsageError
-from pipeline.fileio import atomic_path, remove_stale_temporaries, write_json
+from core.errors import RunError, UsageError
+from core.fileio import atomic_path, remove_stale_temporaries, write_json
 
 if TYPE_CHECKING:  # torch loads only when a model is saved or read: bad requests fail fast
     from torch import nn
@@ -26,7 +25,6 @@ VAE_SPEC = "vae.json"
 GENERATOR = "generator.safetensors"
 FP32_ONNX = "student_fp32.onnx"
 INT8_ONNX = "student_int8.onnx"
-HISTORY = "history.json"
 
 
 def read_run(out_dir: Path) -> dict:
@@ -44,15 +42,6 @@ def read_run(out_dir: Path) -> dict:
 
 def write_run(out_dir: Path, run: dict) -> None:
     write_json(Path(out_dir) / RUN_FILE, run)
-
-
-def config_from_dict(d: dict) -> RunConfig:
-    d = dict(d)
-    config_dir = d.pop("config_dir", None)
-    cfg = RunConfig()
-    _apply(cfg, d, "")
-    cfg.config_dir = config_dir
-    return validate(cfg)
 
 
 def save_module(module: nn.Module, path: Path) -> Path:
@@ -86,14 +75,12 @@ def require(out_dir: Path, run: dict, stage: str) -> None:
         raise UsageError(f"{out_dir}: stage '{stage}' has not finished; run `{cmd}` on it first")
 
 
-def torch_save_atomic(obj, path: Path) -> None:
-    import torch
-
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
 # ---- output directories ------------------------------------------------------------------------
+
+
+def check_force_resume(force: bool, resume: bool) -> None:
+    if force and resume:
+        raise UsageError("--force and --resume contradict each other: --force starts over, --resume continues")
 
 
 def prepare_out_dir(out: Path, force: bool, resume: bool) -> None:
@@ -103,8 +90,7 @@ def prepare_out_dir(out: Path, force: bool, resume: bool) -> None:
     holding other files is never emptied. --resume keeps the run and drops temporaries a killed
     process left behind.
     """
-    if force and resume:
-        raise UsageError("--force and --resume contradict each other: --force starts over, --resume continues")
+    check_force_resume(force, resume)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} exists and is not a directory")
     try:
@@ -131,41 +117,3 @@ def prepare_out_dir(out: Path, force: bool, resume: bool) -> None:
             f.flush()
     except OSError as exc:
         raise UsageError(f"--out {out} is not writable: {exc.strerror or exc}") from exc
-
-
-# Settings that may differ between an interrupted run and its --resume: they change where and how
-# fast it runs, not what it computes.
-_RESUME_FREE = {"device", "threads"}
-
-
-def _diff(a: dict, b: dict, prefix: str = "") -> list[tuple[str, object, object]]:
-    out = []
-    for key in sorted(set(a) | set(b)):
-        va, vb = a.get(key), b.get(key)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out += _diff(va, vb, f"{prefix}{key}.")
-        elif va != vb:
-            out.append((f"{prefix}{key}", va, vb))
-    return out
-
-
-def resume_config(out: Path, cfg: RunConfig | None) -> RunConfig | None:
-    """The configuration a `--resume` continues with: the interrupted run's own.
-
-    cfg=None (no settings given on the command line) takes the stored one; a cfg that differs from it
-    in anything but device/threads is refused, naming the first difference. Returns `cfg` unchanged
-    when `out` holds no run yet (nothing to resume: the caller starts afresh).
-    """
-    if not (out / RUN_FILE).is_file():
-        return cfg
-    run = read_run(out)
-    stored = config_from_dict(run["config"])
-    if cfg is None:
-        return stored
-    diffs = [d for d in _diff(to_dict(stored), to_dict(cfg)) if d[0] not in _RESUME_FREE]
-    if diffs:
-        key, was, now = diffs[0]
-        raise UsageError(f"--resume: {out} was started with {key} = {was!r}, not {now!r}; resume with the same "
-                         f"settings (or none: the run's own are used), or start over with --force")
-    stored.device, stored.threads = cfg.device, cfg.threads
-    return stored

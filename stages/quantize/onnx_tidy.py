@@ -90,7 +90,7 @@ def tidy_qdq(path) -> dict:
     weights = quantize_weights(model)
     remove_unused_initializers(model)
     onnx.checker.check_model(model)
-    from pipeline.fileio import write_bytes
+    from core.fileio import write_bytes
 
     write_bytes(path, model.SerializeToString())
     return {"folded_casts": casts, "int8_weights": weights}

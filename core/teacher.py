@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.config import RunConfig, resolve_path
-from pipeline.errors import RunError, UsageError
+from core.errors import RunError, UsageError
+from core.settings import resolve_path
 
 
 @dataclass
@@ -109,7 +109,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     except PermissionError as exc:
         raise UsageError(f"teacher weights cannot be read: {path}") from exc
     except Exception as exc:
-        from pipeline.fileio import torch_load_reason
+        from core.fileio import torch_load_reason
 
         raise UsageError(f"teacher weights {path} are corrupt or not a plain state_dict (code is never unpickled): {torch_load_reason(exc)}") from exc
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
@@ -363,10 +363,11 @@ def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
-def load_teacher(cfg: RunConfig) -> tuple[nn.Module, TaskSpec]:
+def load_teacher(cfg) -> tuple[nn.Module, TaskSpec]:
+    """`cfg`: a run config (its `teacher` section and `config_dir`)."""
     t = cfg.teacher
     if t.builtin == "digits":
-        from pipeline.tasks import digits
+        from core.tasks import digits
 
         model = digits.build_teacher()
         load_weights(model, digits.WEIGHTS)

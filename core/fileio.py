@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from pipeline.errors import RunError
+from core.errors import RunError
 
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 _PROBE_BYTES = 1 << 20

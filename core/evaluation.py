@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.errors import UsageError
+from core.errors import UsageError
 
 
 def _task_fields(spec) -> tuple[tuple[int, ...], int, float, list[float], list[float]]:
@@ -56,7 +56,7 @@ def eval_set(name: str | None, spec=None) -> tuple[torch.Tensor, torch.Tensor, s
     if name is None:
         return None
     if name == "digits":
-        from pipeline.tasks import digits
+        from core.tasks import digits
 
         x, y = digits.test_set()
         return x, y, f"digits test split ({len(y)} images, scikit-learn load_digits, random_state=0)"
@@ -68,7 +68,7 @@ def eval_set(name: str | None, spec=None) -> tuple[torch.Tensor, torch.Tensor, s
 
 def check_compatible(name: str | None, input_shape: tuple[int, ...], num_classes: int, spec=None) -> None:
     if name == "digits":
-        from pipeline.tasks import digits
+        from core.tasks import digits
 
         if tuple(input_shape) != digits.INPUT_SHAPE or num_classes != digits.NUM_CLASSES:
             raise UsageError(f"--eval digits needs a teacher on [1, 8, 8] inputs with 10 classes, "

@@ -1,4 +1,4 @@
-"""One small interface every deployment target implements, in the manner of Polygraphy's runners.
+"""The one interface every deployment target implements, in the manner of Polygraphy's runners.
 
 export:    write the target's artifacts into a bundle from the FP32 and INT8 ONNX models.
 build:     build what only the device can build (a TensorRT engine); raise RuntimeMissing elsewhere.
@@ -8,7 +8,7 @@ benchmark: measure latency of the bundle's models with the runtimes present on t
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -24,7 +24,6 @@ class ExportContext:
     input_name: str
     input_shape: tuple[int, ...]  # per-sample shape, without batch
     profile: str | None = None  # device profile name; None means the target's default
-    options: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -46,6 +45,7 @@ class BenchmarkRequest:
 class Target(ABC):
     name: str = ""
     description: str = ""
+    scheme: str = ""  # the INT8 scheme (stages.quantize.qat) this target's runtime executes best
 
     @abstractmethod
     def export(self, ctx: ExportContext) -> list[ExportedArtifact]: ...

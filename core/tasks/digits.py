@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.tasks import SHAPES
+from core.tasks import SHAPES
 
 INPUT_SHAPE, NUM_CLASSES = SHAPES["digits"]
 CLASSES = [str(i) for i in range(10)]

@@ -49,7 +49,3 @@ class Console:
             yield advance
         if not self.err.is_terminal:
             self.err.print(f"{label}: done ({total} steps)", markup=False)
-
-
-def stdout_is_terminal() -> bool:
-    return sys.stdout.isatty()

@@ -1,8 +1,9 @@
-"""Latency of an ONNX model under ONNX Runtime on this machine: one row per (model, batch, threads).
+"""Latency runners: one timing loop and one row format for every runtime (ONNX Runtime here, TensorRT in
+tensorrt_engine.py), and the role x batch x threads sweep the targets share.
 
-The row is the report contract (DESIGN.md): runtime, provider, model, batch, threads, p50/p90/p99/mean
-in ms, throughput, memory, size, runs, measured_on. `bare_loop_ms` and `harness_overhead` exist so
-the harness can prove it does not distort what it measures.
+The row is the report contract (docs/bundle.md): runtime, provider, model, batch, threads, p50/p90/p99/mean
+in ms, throughput, runs, measured_on, plus what a runtime adds (memory, size, GPU time). `bare_loop_ms` and
+`harness_overhead` exist so the harness can prove it does not distort what it measures.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import onnxruntime as ort
 
-from pipeline.errors import UsageError
+from core.errors import UsageError
 
 DEFAULT_RUNS = 200
 MIN_DURATION_RUNS = 10
@@ -50,6 +52,60 @@ def percentiles(samples_ms) -> dict:
         raise ValueError("percentiles: no samples")
     p50, p90, p99 = np.percentile(a, [50, 90, 99], method="linear")
     return {"p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99), "mean_ms": float(a.mean())}
+
+
+def time_calls(call: Callable[[], object], runs: int | None = None, duration_s: float | None = None,
+               warmup: int = 10) -> tuple[list[float], list]:
+    """Time `runs` calls (default 200), or as many as fit in `duration_s` (at least 10, and at least `runs`
+    if both are given), after `warmup` untimed ones. Returns the wall times in ms and what each call returned
+    (a runtime's own device time, or None)."""
+    for _ in range(warmup):
+        call()
+    clock = time.perf_counter_ns
+    samples_ns: list[int] = []
+    returned: list = []
+    append, keep = samples_ns.append, returned.append
+    if duration_s is None:
+        for _ in range(runs or DEFAULT_RUNS):
+            t0 = clock()
+            keep(call())
+            append(clock() - t0)
+    else:
+        min_runs = max(MIN_DURATION_RUNS, runs or 0)
+        deadline = clock() + int(duration_s * 1e9)
+        while True:
+            t0 = clock()
+            keep(call())
+            t1 = clock()
+            append(t1 - t0)
+            if t1 >= deadline and len(samples_ns) >= min_runs:
+                break
+    return [ns / 1e6 for ns in samples_ns], returned
+
+
+def latency_row(runtime: str, provider: str, model: str, batch: int, threads: int | None, samples_ms: list[float],
+                measured_on: str, **extra) -> dict:
+    """The one row every runtime reports."""
+    stats = percentiles(samples_ms)
+    return {"runtime": runtime, "provider": provider, "model": model, "batch": batch, "threads": threads, **stats,
+            "throughput_per_s": batch * 1000.0 / stats["mean_ms"] if stats["mean_ms"] > 0 else None,
+            **extra, "runs": len(samples_ms), "measured_on": measured_on}
+
+
+def onnx_rows(bundle: Path, manifest, roles: list[tuple[str, str]], req) -> list[dict]:
+    """Host rows for each of the bundle's models named by `roles` ((role, label) pairs) that it carries,
+    at every batch and thread count of the request (a core.target.BenchmarkRequest)."""
+    rows = []
+    for role, what in roles:
+        art = manifest.artifact(role)
+        if art is None:
+            continue
+        for b in req.batches:
+            for t in req.threads:
+                rows.append(measure_onnx(bundle / art.path, batch=b, threads=t, runs=req.runs,
+                                         duration_s=req.duration_s, warmup=req.warmup,
+                                         label=f"{Path(art.path).name}: {what}"))
+    return rows
 
 
 def session_options(threads: int = 1, graph_optimization: str = "all") -> ort.SessionOptions:
@@ -197,49 +253,15 @@ def measure_onnx(
     bound = _bind(sess, feed)
 
     # Pre-bound run_with_iobinding rather than sess.run: sess.run builds a dict lookup, wraps the
-    # numpy input and allocates and converts fresh output arrays on every call (about 3 us per call
-    # on a tiny model here, ~35% of its latency), while the binding reuses the same input and
-    # preallocated output buffers, so the timed region is the inference and nothing else.
-    run = bound.sess.run_with_iobinding
-    io = bound.binding
-    clock = time.perf_counter_ns
-    for _ in range(max(warmup - 1, 0)):  # _bind already ran once
-        run(io)
-
-    samples_ns: list[int] = []
-    append = samples_ns.append
-    if duration_s is None:
-        for _ in range(runs or DEFAULT_RUNS):
-            t0 = clock()
-            run(io)
-            append(clock() - t0)
-    else:
-        min_runs = max(MIN_DURATION_RUNS, runs or 0)
-        deadline = clock() + int(duration_s * 1e9)
-        while True:
-            t0 = clock()
-            run(io)
-            t1 = clock()
-            append(t1 - t0)
-            if t1 >= deadline and len(samples_ns) >= min_runs:
-                break
-
-    samples_ms = [s / 1e6 for s in samples_ns]
-    stats = percentiles(samples_ms)
-    row = {
-        "runtime": "onnxruntime",
-        "provider": sess.get_providers()[0],
-        "model": label or model_path.name,
-        "batch": batch,
-        "threads": threads,
-        **stats,
-        "throughput_per_s": batch * 1000.0 / stats["mean_ms"] if stats["mean_ms"] > 0 else None,
-        "peak_rss_mb": round(_peak_rss_mb(), 1),
-        "session_mem_mb": (round(rss_after - rss_before, 1) if rss_before is not None and rss_after is not None else None),
-        "size_bytes": model_path.stat().st_size,
-        "runs": len(samples_ms),
-        "measured_on": measured_on(),
-    }
+    # numpy input and allocates and converts fresh output arrays on every call, while the binding reuses
+    # the same input and preallocated output buffers, so the timed region is the inference and nothing else.
+    run, io = bound.sess.run_with_iobinding, bound.binding
+    samples_ms, _ = time_calls(lambda: run(io), runs, duration_s, max(warmup - 1, 0))  # _bind ran once already
+    row = latency_row("onnxruntime", sess.get_providers()[0], label or model_path.name, batch, threads, samples_ms,
+                      measured_on(), peak_rss_mb=round(_peak_rss_mb(), 1),
+                      session_mem_mb=(round(rss_after - rss_before, 1)
+                                      if rss_before is not None and rss_after is not None else None),
+                      size_bytes=model_path.stat().st_size)
     if keep_samples:
         row["samples_ms"] = samples_ms
     return row

@@ -1,0 +1,96 @@
+"""The distillation stage's settings: the `[student]` and `[distill]` sections of a run's config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from core.errors import UsageError
+from core.settings import check, setting
+
+REPLAY_MODES = ("vae", "memory", "none")
+
+
+@dataclass
+class StudentConfig:
+    arch: str = "auto"  # built-in family sized from the teacher, or a factory spec
+    ratio: float = setting(0.25, gt=0, le=1)  # target parameter count relative to the teacher, for "auto"
+    weights: str | None = None  # optional initial weights for a factory student
+
+
+@dataclass
+class DistillConfig:
+    iterations: int = setting(270, gt=0)  # outer iterations: one generator step then `kd_steps` student steps
+    kd_steps: int = setting(5, gt=0)
+    batch_size: int = setting(128, gt=0)
+    replay_batch: int = setting(64, ge=0)  # replay samples mixed into every student step
+    latent_dim: int = setting(64, gt=0)
+    vae_latent_dim: int = setting(32, gt=0)
+    vae_steps: int = setting(2, ge=0)  # VAE updates per outer iteration, on the first student steps
+    lr_student: float = setting(4e-3, gt=0)
+    lr_generator: float = setting(1e-3, gt=0)
+    lr_vae: float = setting(1e-3, gt=0)
+    student_optimizer: str = setting("adam", choices=("adam", "sgd"))
+    cosine_schedule: bool = True
+    adversarial: str = setting("js", choices=("js", "l1"))  # js (PRE-DFKD) | l1 (DFAD)
+    kd_loss: str = setting("kl", choices=("l1", "kl"))  # kl on softened outputs | l1 on logits (DFAD, PRE-DFKD)
+    w_adv: float = setting(1.0, ge=0)
+    w_bn: float = setting(10.0, ge=0)  # BN-statistics prior (DeepInversion)
+    w_balance: float = setting(5.0, ge=0)  # entropy of the batch-mean prediction (DAFL)
+    w_onehot: float = setting(1.0, ge=0)
+    w_activation: float = setting(0.1, ge=0)
+    replay: str = setting("vae", choices=REPLAY_MODES, label="replay mode")
+    memory_bytes: int = setting(4 * 1024 * 1024, gt=0)  # reservoir budget for replay = "memory"
+    vae_recon: str = setting("pixel+logits", choices=("pixel", "logits", "pixel+logits"))  # what the VAE reconstructs
+    vae_features: bool = False  # also reconstruct the teacher's penultimate features (via a hook)
+    vae_kld_weight: float = 1e-3
+    vae_balanced: bool = True  # class-balanced prior sampling (latent step towards balanced teacher classes)
+    vae_rehearse: bool = True  # the VAE rehearses on its own samples while learning new ones
+    # > 0: replay draws latents from a Gaussian fitted to the encoder's codes (a moving average with this decay
+    # per VAE update) instead of N(0, I); it mends replay that collapses when the stream visits few classes at a time
+    vae_prior_decay: float = setting(0.0, ge=0, lt=1, hint="0: the N(0, I) prior")
+    generator_width: int = setting(64, gt=0)
+    # The VAE's decoder width (its encoder is half as wide); 0 sizes it from the input (see auto_vae_width)
+    vae_width: int = setting(0, ge=0)
+    kd_temperature: float = setting(1.0, gt=0)  # for kd_loss = "kl"
+    # Gaussian noise (std, in normalised input units) on the student's KD batch, labelled by the teacher on
+    # the noisy inputs: the student learns the teacher around each synthetic sample, not only on it.
+    input_noise: float = setting(0.3, ge=0)
+    # Each image of the student's batch shifted by up to `input_shift` pixels, and a fraction `input_mix` of
+    # the batch replaced by mixes of two samples (see augment.py).
+    input_shift: int = setting(0, ge=0)
+    input_mix: float = setting(0.0, ge=0, le=1)
+    # The first `attack_fraction` of the student's batch moved by `input_attack` (normalised input units per
+    # element, in `attack_steps` signed-gradient steps) towards where the student disagrees with the teacher,
+    # who labels the moved samples (see augment.toward_disagreement).
+    input_attack: float = setting(0.6, ge=0)
+    attack_steps: int = setting(2, gt=0)
+    attack_fraction: float = setting(0.5, gt=0, le=1)
+    # The shipped (and evaluated) student is a moving average of the student's weights over its steps,
+    # with this decay per student step; 0 ships the last weights as they are. No data selects anything.
+    ema_decay: float = setting(0.995, ge=0, lt=1, hint="0: no averaging")
+    # A stress setting for measuring forgetting: the generator is steered to one group of classes at a time
+    # (the classes split into `class_phases` groups, cycled `phase_cycles` times over the run).
+    class_phases: int = setting(0, ge=0)
+    phase_cycles: int = setting(2, gt=0)
+    eval_every: int = setting(20, gt=0)
+    probe_per_class: int = setting(32, gt=0)
+    checkpoint_every: int = setting(50, gt=0)
+
+    def validate(self, shape: tuple[int, ...], num_classes: int) -> None:
+        """Every field's own rule, then the rules that tie fields to each other and to the teacher."""
+        check(self, "distill.")
+        if self.class_phases and self.class_phases * self.phase_cycles > self.iterations:
+            raise UsageError(f"config: distill.class_phases x distill.phase_cycles ({self.class_phases} x "
+                             f"{self.phase_cycles}) must not exceed distill.iterations ({self.iterations})")
+        check_against_teacher(self, shape, num_classes)
+
+
+def check_against_teacher(d: DistillConfig, shape: tuple[int, ...], num_classes: int) -> None:
+    """Settings that depend on the teacher's input shape or class count: checked from the config, and by the
+    distillation loop from the teacher itself (for callers that bypass the config)."""
+    if d.input_shift > 0 and (len(shape) != 3 or d.input_shift >= min(shape[1:])):
+        raise UsageError(f"config: distill.input_shift ({d.input_shift}) needs image inputs [C, H, W] larger than "
+                         f"the shift; this teacher takes {list(shape)}")
+    if d.class_phases > num_classes:
+        raise UsageError(f"config: distill.class_phases ({d.class_phases}) must not exceed the teacher's "
+                         f"{num_classes} classes")

@@ -1,0 +1,19 @@
+"""The quantization stage's settings: the `[quantize]` section of a run's config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from core.settings import setting
+
+CALIBRATION = ("vae", "generator", "noise")
+
+
+@dataclass
+class QuantizeConfig:
+    calibration: str = setting("vae", choices=CALIBRATION, label="calibration source")
+    calibration_samples: int = setting(512, gt=0)
+    qat_steps: int = setting(150, ge=0)
+    qat_batch: int = setting(128, gt=0)
+    qat_lr: float = setting(1e-4, gt=0)
+    fast_bias_correction: bool = True
