@@ -10,9 +10,11 @@ import importlib.util
 import operator
 import sys
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from types import ModuleType
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -49,17 +51,25 @@ def warn_once(msg: str) -> None:
         print(f"warning: {msg}", file=sys.stderr, flush=True)
 
 
+def _spec_file(spec: str, base_dir: str | None) -> Path | None:
+    """The file of a 'path/to/file.py:name' spec (relative to `base_dir`); None for a module spec."""
+    mod_part = spec.rpartition(":")[0]
+    if not (mod_part.endswith(".py") or "/" in mod_part or "\\" in mod_part):
+        return None
+    path = Path(mod_part).expanduser()
+    return Path(base_dir) / path if not path.is_absolute() and base_dir else path
+
+
 def resolve_callable(spec: str, base_dir: str | None = None, what: str = "factory") -> Callable:
-    """'path/to/file.py:name' or 'package.module:name' -> the callable."""
-    if ":" not in spec:
-        raise UsageError(f"{what} '{spec}' must look like 'file.py:function' or 'package.module:function'")
+    """'path/to/file.py:name' or 'package.module:name' -> the callable.
+
+    A file's own imports of the modules beside it need `importable_beside(file.parent)` around this call.
+    """
     mod_part, _, attr = spec.rpartition(":")
     if not mod_part or not attr:
         raise UsageError(f"{what} '{spec}' must look like 'file.py:function' or 'package.module:function'")
-    if mod_part.endswith(".py") or "/" in mod_part or "\\" in mod_part:
-        path = Path(mod_part).expanduser()
-        if not path.is_absolute() and base_dir:
-            path = Path(base_dir) / path
+    path = _spec_file(spec, base_dir)
+    if path is not None:
         if not path.is_file():
             raise UsageError(f"{what} file not found: {path}")
         name = f"_pipeline_user_{path.stem}_{abs(hash(str(path.resolve())))}"
@@ -83,12 +93,69 @@ def resolve_callable(spec: str, base_dir: str | None = None, what: str = "factor
     return fn
 
 
-def build_from_factory(spec: str, base_dir: str | None, what: str = "teacher factory") -> nn.Module:
-    fn = resolve_callable(spec, base_dir, what)
+def _sibling_names(folder: Path) -> set[str]:
+    """Top-level module names the files in `folder` provide: `name.py` files and package folders."""
     try:
-        model = fn()
-    except Exception as exc:
-        raise UsageError(f"{what} '{spec}' raised {type(exc).__name__}: {exc}") from exc
+        entries = list(folder.iterdir())
+    except OSError:
+        return set()
+    names = {e.stem if e.suffix == ".py" and e.is_file() else e.name if e.is_dir() else "" for e in entries}
+    return {n for n in names if n.isidentifier()}
+
+
+def _from_folder(module: ModuleType, folder: Path) -> bool:
+    """Whether `module` was loaded from `folder` (a package: any of its search paths)."""
+    file = getattr(module, "__file__", None)
+    places = [file] if file else list(getattr(module, "__path__", None) or [])
+    try:
+        return any(Path(p).resolve().is_relative_to(folder) for p in places)
+    except (OSError, RuntimeError, TypeError, ValueError):
+        return False
+
+
+@contextmanager
+def importable_beside(folder: Path | None) -> Iterator[None]:
+    """Inside: the modules in `folder` import by name, as when the user runs a file of it with python.
+
+    The folder goes first on sys.path, and a module already imported under a sibling's name from
+    elsewhere (another folder's `models`, say) is set aside, so that `import models` means the sibling
+    here; the standard library is never shadowed. On the way out the folder leaves sys.path, its
+    modules leave sys.modules and what was set aside returns, so one user's files never change what
+    another load imports. The objects built inside keep working: they hold their modules themselves.
+    """
+    if folder is None:
+        yield
+        return
+    folder = folder.resolve()
+    names = _sibling_names(folder)
+    before = set(sys.modules)
+    aside = {n: m for n, m in sys.modules.items()
+             if n.partition(".")[0] in names - sys.stdlib_module_names and not _from_folder(m, folder)}
+    for n in aside:
+        del sys.modules[n]
+    entry = str(folder)
+    sys.path.insert(0, entry)
+    importlib.invalidate_caches()  # the folder's files may be newer than a finder's cached listing
+    try:
+        yield
+    finally:
+        if entry in sys.path:
+            sys.path.remove(entry)
+        for n in [n for n, m in sys.modules.items()
+                  if n not in before and n.partition(".")[0] in names and _from_folder(m, folder)]:
+            del sys.modules[n]
+        sys.modules.update(aside)
+
+
+def build_from_factory(spec: str, base_dir: str | None, what: str = "teacher factory") -> nn.Module:
+    """Import the factory and call it, its folder importable throughout: a factory may import lazily."""
+    file = _spec_file(spec, base_dir)
+    with importable_beside(file.parent if file is not None and file.is_file() else None):
+        fn = resolve_callable(spec, base_dir, what)
+        try:
+            model = fn()
+        except Exception as exc:
+            raise UsageError(f"{what} '{spec}' raised {type(exc).__name__}: {exc}") from exc
     if not isinstance(model, nn.Module):
         raise UsageError(f"{what} '{spec}' returned {type(model).__name__}, not a torch.nn.Module")
     return model
