@@ -41,6 +41,8 @@ class TeacherConfig:
     mean: list[float] = field(default_factory=list)
     std: list[float] = field(default_factory=list)
     scale: float = 1.0
+    # The logits in a richer forward output: an index into a tuple/list, or a key/attribute name
+    output: int | str | None = None
 
 
 @dataclass
@@ -288,6 +290,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     if not 0 <= cfg.seed < 2**32:
         raise UsageError(f"config: seed must be between 0 and {2**32 - 1}, got {cfg.seed}")
     t = cfg.teacher
+    _check_output(t.output)
     if t.builtin is not None:
         _choice("built-in teacher", t.builtin, ("digits",))
     else:
@@ -332,6 +335,15 @@ def check_against_teacher(d: DistillConfig, shape: tuple[int, ...], num_classes:
     if d.class_phases > num_classes:
         raise UsageError(f"config: distill.class_phases ({d.class_phases}) must not exceed the teacher's "
                          f"{num_classes} classes")
+
+
+def _check_output(output: object) -> None:
+    """teacher.output is an index (int) or a key/attribute name (str); TOML may hold anything."""
+    is_index = isinstance(output, int) and not isinstance(output, bool)
+    if output is None or is_index or isinstance(output, str) and output.strip():
+        return
+    raise UsageError(f"config: teacher.output must be an index (e.g. 0) or a key or attribute name (e.g. \"logits\"), "
+                     f"got {output!r}")
 
 
 def _check_file(cfg: RunConfig, what: str, value: str) -> None:

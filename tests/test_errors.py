@@ -154,6 +154,8 @@ CONFIG_CASES = [
      ["distill.batch_size must be > 0, got -5"]),
     ("zero-input-dim", {"z.toml": '[teacher]\nfactory = "m.py:f"\ninput_shape = [3, 0, 32]\nnum_classes = 4\n'},
      ["run", "--config", "z.toml", "--out", "o"], ["teacher.input_shape must be a list of positive integers"]),
+    ("teacher-output-type", {"ot.toml": '[teacher]\nfactory = "m.py:f"\ninput_shape = [6]\nnum_classes = 4\noutput = 1.5\n'},
+     ["run", "--config", "ot.toml", "--out", "o"], ["teacher.output must be an index (e.g. 0) or a key or attribute name", "1.5"]),
     ("one-class", {"c.toml": '[teacher]\nfactory = "m.py:f"\ninput_shape = [6]\nnum_classes = 1\n'},
      ["run", "--config", "c.toml", "--out", "o"], ["teacher.num_classes must be >= 2"]),
     ("nan-number", {}, ["run", "--set", "distill.lr_student=nan", "--out", "o"], ["distill.lr_student must be a finite number"]),
