@@ -48,6 +48,13 @@ MODELS = textwrap.dedent('''
     def pair():
         return Pair()
 
+    class Named(Net):
+        def forward(self, x):
+            return {"scores": self.fc(x), "inputs": x}
+
+    def named():
+        return Named()
+
     class NaNNet(Net):
         def forward(self, x):
             return self.fc(x) * float("nan")
@@ -293,8 +300,13 @@ TEACHER_CASES = [
     ("factory-syntax-error", dict(factory="broken.py:build"), 2, ["broken.py failed to import", "SyntaxError"]),
     ("factory-not-module", dict(factory="models.py:not_module"), 2, ["returned dict, not a torch.nn.Module"]),
     ("factory-raises", dict(factory="models.py:raises"), 2, ["raised RuntimeError: cannot build without the dataset"]),
-    ("output-wrong-classes", dict(factory="models.py:build", classes=7), 2, ["teacher output has shape [2, 4], expected [batch, 7]"]),
-    ("output-not-tensor", dict(factory="models.py:pair"), 2, ["must return a logits tensor, got tuple"]),
+    ("output-wrong-classes", dict(factory="models.py:build", classes=7), 2, ["teacher output has shape [8, 4], expected [batch, 7]"]),
+    ("output-not-tensor", dict(factory="models.py:pair"), 2,
+     ["teacher returned a tuple of 2 (tensor [8, 4], tensor [8, 6]); set teacher.output = 0 to pick the logits"]),
+    ("output-index-out-of-range", dict(factory="models.py:pair", extra="output = 2\n"), 2,
+     ["teacher.output = 2 is out of range (0..1)", "a tuple of 2"]),
+    ("output-key-missing", dict(factory="models.py:named", extra='output = "logits"\n'), 2,
+     ['teacher.output = "logits" is not one of its keys', "'scores': tensor [8, 4]"]),
     ("input-shape-rejected", dict(factory="models.py:build", shape="[3, 8, 8]"), 2, ["teacher rejects input of shape [3, 8, 8]"]),
     ("teacher-nan-output", dict(factory="models.py:nan_always"), 1, ["teacher returns NaN or inf"]),
 ]
