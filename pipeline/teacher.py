@@ -417,7 +417,8 @@ PROBE_BATCH = 8  # random inputs per load-time probe: enough rows that logits ne
 
 def probe(model: nn.Module, spec: TaskSpec) -> Any:
     """The teacher's raw output on a batch of random inputs in its normalised input space."""
-    x = torch.randn(PROBE_BATCH, *spec.input_shape)
+    # A generator of its own: loading the teacher leaves the run's random stream where the seed put it.
+    x = torch.randn(PROBE_BATCH, *spec.input_shape, generator=torch.Generator().manual_seed(0))
     try:
         with torch.no_grad():
             return model(x)

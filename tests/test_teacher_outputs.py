@@ -18,7 +18,7 @@ import torch
 
 from pipeline.config import load_config
 from pipeline.errors import UsageError
-from pipeline.teacher import TeacherLogits, is_probabilities, load_teacher
+from pipeline.teacher import TeacherLogits, build_from_factory, is_probabilities, load_teacher
 from stages.distill.criteria import BNStatistics, PenultimateFeatures
 from tests.conftest import run_cli
 
@@ -280,3 +280,15 @@ def test_cli_run_with_a_tuple_teacher_and_a_sibling_import(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["num_classes"] == 4 and manifest["input"]["shape"] == ["batch", 6]
+
+
+
+def test_loading_leaves_the_random_stream_alone(tmp_path):
+    folder = _folder(tmp_path)
+    cfg = _config(folder, "factory.py:probs_net")  # probed, checked and wrapped
+    torch.manual_seed(0)
+    build_from_factory("factory.py:probs_net", str(folder))  # what the model's own initialisation draws
+    after_build = torch.rand(3)
+    torch.manual_seed(0)
+    _load(cfg)
+    assert torch.equal(torch.rand(3), after_build)
