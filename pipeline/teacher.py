@@ -131,9 +131,9 @@ def importable_beside(folder: Path | None) -> Iterator[None]:
         return
     folder = folder.resolve()
     names = _sibling_names(folder)
+    shadowed = names - sys.stdlib_module_names
     before = set(sys.modules)
-    aside = {n: m for n, m in sys.modules.items()
-             if n.partition(".")[0] in names - sys.stdlib_module_names and not _from_folder(m, folder)}
+    aside = {n: m for n, m in sys.modules.items() if n.partition(".")[0] in shadowed and not _from_folder(m, folder)}
     for n in aside:
         del sys.modules[n]
     entry = str(folder)

@@ -133,6 +133,26 @@ def test_two_folders_with_a_module_of_the_same_name(tmp_path):
     assert type(a) is not type(b)  # each folder's own nets.py
 
 
+
+def test_a_sibling_package_imports_and_the_standard_library_is_never_shadowed(tmp_path):
+    folder = _folder(tmp_path, textwrap.dedent('''
+        import json  # the standard library's, though a json.py lies beside this file
+
+        from blocks import WIDTH
+        from nets import Net
+
+        def build():
+            assert json.dumps([WIDTH]) == "[6]"
+            return Net(d=WIDTH)
+    '''))
+    (folder / "json.py").write_text("raise ImportError('the folder shadowed the standard library')\n")
+    (folder / "blocks").mkdir()
+    (folder / "blocks" / "__init__.py").write_text("WIDTH = 6\n")
+    teacher, _ = _load(_config(folder, "factory.py:build"))
+    assert teacher.body[0].in_features == 6
+    assert sys.modules["json"] is json and "blocks" not in sys.modules
+
+
 # ---- teacher.output picks the logits ----------------------------------------------------------------
 
 
