@@ -107,10 +107,6 @@ def coerce(where: str, value: Any, annotation: Any) -> Any:
         if not isinstance(value, list):
             raise UsageError(f"config: {where} must be a list, got {value!r}")
         return [coerce(f"{where}[{i}]", v, base[5:-1]) for i, v in enumerate(value)]
-    if base == "int|str":
-        if isinstance(value, bool) or not isinstance(value, (int, str)):
-            raise UsageError(f"config: {where} must be an integer or a string, got {value!r}")
-        return value
     return value
 
 

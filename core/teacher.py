@@ -5,14 +5,19 @@ Untrusted files are never unpickled as code: safetensors, or torch.load(weights_
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
+import json
 import operator
 import sys
 import warnings
+from collections.abc import Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from types import ModuleType
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -49,17 +54,25 @@ def warn_once(msg: str) -> None:
         print(f"warning: {msg}", file=sys.stderr, flush=True)
 
 
+def _spec_file(spec: str, base_dir: str | None) -> Path | None:
+    """The file of a 'path/to/file.py:name' spec (relative to `base_dir`); None for a module spec."""
+    mod_part = spec.rpartition(":")[0]
+    if not (mod_part.endswith(".py") or "/" in mod_part or "\\" in mod_part):
+        return None
+    path = Path(mod_part).expanduser()
+    return Path(base_dir) / path if not path.is_absolute() and base_dir else path
+
+
 def resolve_callable(spec: str, base_dir: str | None = None, what: str = "factory") -> Callable:
-    """'path/to/file.py:name' or 'package.module:name' -> the callable."""
-    if ":" not in spec:
-        raise UsageError(f"{what} '{spec}' must look like 'file.py:function' or 'package.module:function'")
+    """'path/to/file.py:name' or 'package.module:name' -> the callable.
+
+    A file's own imports of the modules beside it need `importable_beside(file.parent)` around this call.
+    """
     mod_part, _, attr = spec.rpartition(":")
     if not mod_part or not attr:
         raise UsageError(f"{what} '{spec}' must look like 'file.py:function' or 'package.module:function'")
-    if mod_part.endswith(".py") or "/" in mod_part or "\\" in mod_part:
-        path = Path(mod_part).expanduser()
-        if not path.is_absolute() and base_dir:
-            path = Path(base_dir) / path
+    path = _spec_file(spec, base_dir)
+    if path is not None:
         if not path.is_file():
             raise UsageError(f"{what} file not found: {path}")
         name = f"_pipeline_user_{path.stem}_{abs(hash(str(path.resolve())))}"
@@ -83,12 +96,69 @@ def resolve_callable(spec: str, base_dir: str | None = None, what: str = "factor
     return fn
 
 
-def build_from_factory(spec: str, base_dir: str | None, what: str = "teacher factory") -> nn.Module:
-    fn = resolve_callable(spec, base_dir, what)
+def _sibling_names(folder: Path) -> set[str]:
+    """Top-level module names the files in `folder` provide: `name.py` files and package folders."""
     try:
-        model = fn()
-    except Exception as exc:
-        raise UsageError(f"{what} '{spec}' raised {type(exc).__name__}: {exc}") from exc
+        entries = list(folder.iterdir())
+    except OSError:
+        return set()
+    names = {e.stem if e.suffix == ".py" and e.is_file() else e.name if e.is_dir() else "" for e in entries}
+    return {n for n in names if n.isidentifier()}
+
+
+def _from_folder(module: ModuleType, folder: Path) -> bool:
+    """Whether `module` was loaded from `folder` (a package: any of its search paths)."""
+    file = getattr(module, "__file__", None)
+    places = [file] if file else list(getattr(module, "__path__", None) or [])
+    try:
+        return any(Path(p).resolve().is_relative_to(folder) for p in places)
+    except (OSError, RuntimeError, TypeError, ValueError):
+        return False
+
+
+@contextmanager
+def importable_beside(folder: Path | None) -> Iterator[None]:
+    """Inside: the modules in `folder` import by name, as when the user runs a file of it with python.
+
+    The folder goes first on sys.path, and a module already imported under a sibling's name from
+    elsewhere (another folder's `models`, say) is set aside, so that `import models` means the sibling
+    here; the standard library is never shadowed. On the way out the folder leaves sys.path, its
+    modules leave sys.modules and what was set aside returns, so one user's files never change what
+    another load imports. The objects built inside keep working: they hold their modules themselves.
+    """
+    if folder is None:
+        yield
+        return
+    folder = folder.resolve()
+    names = _sibling_names(folder)
+    shadowed = names - sys.stdlib_module_names
+    before = set(sys.modules)
+    aside = {n: m for n, m in sys.modules.items() if n.partition(".")[0] in shadowed and not _from_folder(m, folder)}
+    for n in aside:
+        del sys.modules[n]
+    entry = str(folder)
+    sys.path.insert(0, entry)
+    importlib.invalidate_caches()  # the folder's files may be newer than a finder's cached listing
+    try:
+        yield
+    finally:
+        if entry in sys.path:
+            sys.path.remove(entry)
+        for n in [n for n, m in sys.modules.items()
+                  if n not in before and n.partition(".")[0] in names and _from_folder(m, folder)]:
+            del sys.modules[n]
+        sys.modules.update(aside)
+
+
+def build_from_factory(spec: str, base_dir: str | None, what: str = "teacher factory") -> nn.Module:
+    """Import the factory and call it, its folder importable throughout: a factory may import lazily."""
+    file = _spec_file(spec, base_dir)
+    with importable_beside(file.parent if file is not None and file.is_file() else None):
+        fn = resolve_callable(spec, base_dir, what)
+        try:
+            model = fn()
+        except Exception as exc:
+            raise UsageError(f"{what} '{spec}' raised {type(exc).__name__}: {exc}") from exc
     if not isinstance(model, nn.Module):
         raise UsageError(f"{what} '{spec}' returned {type(model).__name__}, not a torch.nn.Module")
     return model
@@ -342,21 +412,157 @@ def load_program(path: Path, input_shape: tuple[int, ...] | None = None) -> nn.M
         return script
 
 
-def check_teacher(model: nn.Module, spec: TaskSpec) -> None:
-    """Run one batch through the teacher and insist on logits of shape [batch, num_classes]."""
-    x = torch.randn(2, *spec.input_shape)
+PROBE_BATCH = 8  # random inputs per load-time probe: enough rows that logits never pass for probabilities
+
+
+def probe(model: nn.Module, spec: TaskSpec) -> Any:
+    """The teacher's raw output on a batch of random inputs in its normalised input space."""
+    # A generator of its own: loading the teacher leaves the run's random stream where the seed put it.
+    x = torch.randn(PROBE_BATCH, *spec.input_shape, generator=torch.Generator().manual_seed(0))
     try:
         with torch.no_grad():
-            out = model(x)
+            return model(x)
     except Exception as exc:
         msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise UsageError(f"teacher rejects input of shape {list(spec.input_shape)}: {msg}") from exc
-    if not isinstance(out, torch.Tensor):
-        raise UsageError(f"teacher must return a logits tensor, got {type(out).__name__} (return logits only; features come from hooks)")
-    if tuple(out.shape) != (2, spec.num_classes):
-        raise UsageError(f"teacher output has shape {list(out.shape)}, expected [batch, {spec.num_classes}]")
-    if not torch.isfinite(out).all():
+
+
+def _parts(out: Any) -> list[tuple[int | str, Any]]:
+    """The numbered or named parts of a structured output: tuple/list items, dict entries, public attributes."""
+    if isinstance(out, (tuple, list)):
+        return list(enumerate(out))
+    if isinstance(out, Mapping):
+        return list(out.items())
+    if dataclasses.is_dataclass(out):
+        return [(f.name, getattr(out, f.name)) for f in dataclasses.fields(out)]
+    return [(k, v) for k, v in vars(out).items() if not k.startswith("_")] if hasattr(out, "__dict__") else []
+
+
+def _account(out: Any, most: int = 6) -> str:
+    """What the teacher returned, in a few words: 'a tuple of 2 (tensor [8, 10], tensor [8, 64])'."""
+    def one(v: Any) -> str:
+        return f"tensor {list(v.shape)}" if isinstance(v, torch.Tensor) else type(v).__name__
+
+    if isinstance(out, torch.Tensor):
+        return f"a {one(out)}"
+    parts = _parts(out)
+    if isinstance(out, (tuple, list)):
+        shown, size = [one(v) for _, v in parts[:most]], f" of {len(parts)}"
+    else:
+        label = "{!r}: " if isinstance(out, Mapping) else ".{}: "
+        shown, size = [label.format(k) + one(v) for k, v in parts[:most]], ""
+    more = ", ..." if len(parts) > most else ""
+    name = type(out).__name__
+    article = "an" if name[:1].lower() in "aeiou" else "a"
+    return f"{article} {name}{size} ({', '.join(shown)}{more})" if parts else f"{article} {name}"
+
+
+def _suggest(out: Any, num_classes: int) -> int | str | None:
+    """The part that looks like logits, [batch, num_classes], else the first tensor."""
+    tensors = [(k, v) for k, v in _parts(out) if isinstance(v, torch.Tensor)]
+    fitting = [k for k, v in tensors if v.dim() == 2 and v.shape[1] == num_classes]
+    return fitting[0] if fitting else tensors[0][0] if tensors else None
+
+
+def select_output(out: Any, output: int | str) -> Any:
+    """The part `output` names: an index into a tuple/list, a dict key, or an attribute."""
+    def refuse(why: str) -> UsageError:
+        return UsageError(f"teacher.output = {json.dumps(output)} {why}: the teacher returned {_account(out)}")
+
+    if isinstance(out, torch.Tensor):
+        raise refuse("selects from a structured output, but a plain tensor needs no selection (remove the setting)")
+    if isinstance(output, int):
+        if not isinstance(out, (tuple, list)):
+            raise refuse("is an index, for a tuple or list; name a key or attribute instead")
+        if not -len(out) <= output < len(out):
+            raise refuse(f"is out of range (0..{len(out) - 1})")
+        return out[output]
+    if isinstance(out, Mapping):
+        if output not in out:
+            raise refuse("is not one of its keys")
+        return out[output]
+    if not hasattr(out, output):
+        raise refuse("is not one of its attributes" + ("; use an index" if isinstance(out, (tuple, list)) else ""))
+    return getattr(out, output)
+
+
+def _has_logits(out: Any) -> bool:
+    """Whether a structured output carries a 'logits' tensor, as hub-style model outputs do."""
+    value = out.get("logits") if isinstance(out, Mapping) else getattr(out, "logits", None)
+    return isinstance(value, torch.Tensor)
+
+
+def _logits_part(out: Any, output: int | str | None, num_classes: int) -> int | str | None:
+    """Which part of the output holds the logits: the setting, a part named 'logits' (hub-style outputs,
+    taken with a warning), or none for a tensor; anything else is refused with the setting to use."""
+    if output is not None or isinstance(out, torch.Tensor):
+        return output
+    if _has_logits(out):
+        warn_once(f"teacher returned {_account(out)}: distilling from its 'logits' (teacher.output picks another part)")
+        return "logits"
+    hint = _suggest(out, num_classes)
+    fix = f"set teacher.output = {json.dumps(hint)} to pick the logits" if hint is not None else \
+        "return a logits tensor, or set teacher.output to the part that holds it"
+    raise UsageError(f"teacher returned {_account(out)}; {fix}")
+
+
+def is_probabilities(out: torch.Tensor, tolerance: float = 1e-3) -> bool:
+    """Rows of non-negative values that sum to 1: a softmax output. Logits do so on every row of a random
+    batch only by a coincidence too unlikely to matter."""
+    if out.dim() != 2 or not out.is_floating_point():
+        return False
+    return bool((out >= 0).all() and ((out.sum(dim=1) - 1).abs() <= tolerance).all())
+
+
+def log_probabilities(probs: torch.Tensor) -> torch.Tensor:
+    """Probabilities -> log-probabilities, which the losses take as logits (a softmax gives the same
+    distribution back); a zero probability becomes the log of the smallest normal number, not -inf."""
+    return torch.log(probs.clamp_min(torch.finfo(probs.dtype).tiny))
+
+
+class TeacherLogits(nn.Module):
+    """A teacher whose forward returns a logits tensor: the part `output` of what the model returns, made
+    log-probabilities when the model returns probabilities. The model stays a submodule, so the hooks on
+    its BatchNorm and linear layers find them."""
+
+    def __init__(self, model: nn.Module, output: int | str | None, from_probabilities: bool):
+        super().__init__()
+        self.model = model
+        self.output = output
+        self.from_probabilities = from_probabilities
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        if self.output is not None:
+            out = select_output(out, self.output)
+        return log_probabilities(out) if self.from_probabilities else out
+
+
+def _check_logits(logits: Any, part: int | str | None, out: Any, num_classes: int) -> None:
+    """The probe's logits: a finite tensor [batch, num_classes]; `part` names where they came from in `out`."""
+    if not isinstance(logits, torch.Tensor):
+        raise UsageError(f"teacher.output = {json.dumps(part)} picks a {type(logits).__name__}, not a logits tensor: "
+                         f"the teacher returned {_account(out)}")
+    if tuple(logits.shape) != (PROBE_BATCH, num_classes):
+        what = "teacher output" if part is None else f"teacher.output = {json.dumps(part)} picks a tensor that"
+        raise UsageError(f"{what} has shape {list(logits.shape)}, expected [batch, {num_classes}]")
+    if not torch.isfinite(logits).all():
         raise RunError("teacher returns NaN or inf on random input; check its weights")
+
+
+def as_logits_teacher(model: nn.Module, spec: TaskSpec, output: int | str | None) -> nn.Module:
+    """Probe the teacher once and return a module giving logits [batch, num_classes]: the model itself
+    when it returns them, else wrapped in a TeacherLogits."""
+    out = probe(model, spec)
+    part = _logits_part(out, output, spec.num_classes)
+    logits = out if part is None else select_output(out, part)
+    _check_logits(logits, part, out, spec.num_classes)
+    from_probabilities = is_probabilities(logits)
+    if from_probabilities:
+        warn_once("teacher returns probabilities (rows sum to 1): distilling from their logarithm as logits")
+    if part is None and not from_probabilities:
+        return model
+    return TeacherLogits(model, part, from_probabilities)
 
 
 def has_batchnorm(model: nn.Module) -> bool:
@@ -391,5 +597,4 @@ def load_teacher(cfg) -> tuple[nn.Module, TaskSpec]:
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    check_teacher(model, spec)
-    return model, spec
+    return as_logits_teacher(model, spec, t.output), spec

@@ -23,6 +23,8 @@ class TeacherConfig:
     mean: list[float] = field(default_factory=list)
     std: list[float] = field(default_factory=list)
     scale: float = 1.0
+    # The logits in a richer forward output: an index into a tuple/list, or a key/attribute name
+    output: int | str | None = None
 
     def task_shape(self) -> tuple[tuple[int, ...], int]:
         """(input shape, class count) as the config states them, before the teacher is loaded."""
@@ -30,6 +32,7 @@ class TeacherConfig:
 
     def validate(self, cfg) -> None:
         """`cfg`: the run's config, whose folder relative paths resolve against."""
+        _check_output(self.output)
         if self.builtin is not None:
             if self.builtin not in SHAPES:
                 raise UsageError(f"unknown built-in teacher '{self.builtin}'; choose one of: {', '.join(SHAPES)}")
@@ -58,3 +61,12 @@ class TeacherConfig:
         for name in ("weights", "program"):
             if getattr(self, name):
                 check_file(cfg, f"teacher {name}", getattr(self, name))
+
+
+def _check_output(output: object) -> None:
+    """teacher.output is an index (int) or a key/attribute name (str); TOML may hold anything."""
+    is_index = isinstance(output, int) and not isinstance(output, bool)
+    if output is None or is_index or isinstance(output, str) and output.strip():
+        return
+    raise UsageError(f"config: teacher.output must be an index (e.g. 0) or a key or attribute name (e.g. \"logits\"), "
+                     f"got {output!r}")

@@ -47,6 +47,13 @@ MODELS = textwrap.dedent('''
     def pair():
         return Pair()
 
+    class Named(Net):
+        def forward(self, x):
+            return {"scores": self.fc(x), "inputs": x}
+
+    def named():
+        return Named()
+
     class NaNNet(Net):
         def forward(self, x):
             return self.fc(x) * float("nan")
@@ -153,6 +160,8 @@ CONFIG_CASES = [
      ["distill.batch_size must be > 0, got -5"]),
     ("zero-input-dim", {"z.toml": '[teacher]\nfactory = "m.py:f"\ninput_shape = [3, 0, 32]\nnum_classes = 4\n'},
      ["run", "--config", "z.toml", "--out", "o"], ["teacher.input_shape must be a list of positive integers"]),
+    ("teacher-output-type", {"ot.toml": '[teacher]\nfactory = "m.py:f"\ninput_shape = [6]\nnum_classes = 4\noutput = 1.5\n'},
+     ["run", "--config", "ot.toml", "--out", "o"], ["teacher.output must be an index (e.g. 0) or a key or attribute name", "1.5"]),
     ("one-class", {"c.toml": '[teacher]\nfactory = "m.py:f"\ninput_shape = [6]\nnum_classes = 1\n'},
      ["run", "--config", "c.toml", "--out", "o"], ["teacher.num_classes must be >= 2"]),
     ("nan-number", {}, ["run", "--set", "distill.lr_student=nan", "--out", "o"], ["distill.lr_student must be a finite number"]),
@@ -290,8 +299,13 @@ TEACHER_CASES = [
     ("factory-syntax-error", dict(factory="broken.py:build"), 2, ["broken.py failed to import", "SyntaxError"]),
     ("factory-not-module", dict(factory="models.py:not_module"), 2, ["returned dict, not a torch.nn.Module"]),
     ("factory-raises", dict(factory="models.py:raises"), 2, ["raised RuntimeError: cannot build without the dataset"]),
-    ("output-wrong-classes", dict(factory="models.py:build", classes=7), 2, ["teacher output has shape [2, 4], expected [batch, 7]"]),
-    ("output-not-tensor", dict(factory="models.py:pair"), 2, ["must return a logits tensor, got tuple"]),
+    ("output-wrong-classes", dict(factory="models.py:build", classes=7), 2, ["teacher output has shape [8, 4], expected [batch, 7]"]),
+    ("output-not-tensor", dict(factory="models.py:pair"), 2,
+     ["teacher returned a tuple of 2 (tensor [8, 4], tensor [8, 6]); set teacher.output = 0 to pick the logits"]),
+    ("output-index-out-of-range", dict(factory="models.py:pair", extra="output = 2\n"), 2,
+     ["teacher.output = 2 is out of range (0..1)", "a tuple of 2"]),
+    ("output-key-missing", dict(factory="models.py:named", extra='output = "logits"\n'), 2,
+     ['teacher.output = "logits" is not one of its keys', "'scores': tensor [8, 4]"]),
     ("input-shape-rejected", dict(factory="models.py:build", shape="[3, 8, 8]"), 2, ["teacher rejects input of shape [3, 8, 8]"]),
     ("teacher-nan-output", dict(factory="models.py:nan_always"), 1, ["teacher returns NaN or inf"]),
 ]
