@@ -43,9 +43,9 @@ def kd_on_real(teacher: torch.nn.Module, student: torch.nn.Module, x_train: torc
                shift: int, evaluate, eval_every: int) -> list[tuple[int, float]]:
     """Train `student` to match `teacher` on batches of real images; returns (step, accuracy) along the way."""
     from stages.distill import augment, criteria
-    from stages.distill.engine import _student_optimizer
+    from stages.distill.engine import student_optimizer
 
-    opt = _student_optimizer(cfg, student)
+    opt = student_optimizer(cfg, student)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps) if cfg.cosine_schedule else None
     curve = []
     student.train()

@@ -74,6 +74,9 @@ def config_options(f):
         click.option("--calibration", type=str, default=None, help="vae | generator | noise"),
         click.option("--threads", type=int, default=None, help="torch intra-op threads (default 1)"),
         click.option("--student-ratio", type=float, default=None, help="student size relative to the teacher (auto arch)"),
+        click.option("--time-budget", type=float, default=None, help="seconds of distillation at most"),
+        click.option("--min-agreement", type=float, default=None,
+                     help="fail when the student agrees with the teacher on synthetic probes less than this (0..1)"),
         click.option("--set", "sets", multiple=True, help="Any config key, e.g. --set distill.iterations=100"),
     ]
     for opt in reversed(opts):
@@ -81,10 +84,12 @@ def config_options(f):
     return f
 
 
-def build_config(target, config_path, preset, device, seed, eval_set, replay, calibration, threads, student_ratio, sets):
+def build_config(target, config_path, preset, device, seed, eval_set, replay, calibration, threads, student_ratio,
+                 time_budget, min_agreement, sets):
     overrides = {"target": target, "preset": preset, "device": device, "seed": seed, "eval": eval_set,
                  "distill.replay": replay, "quantize.calibration": calibration, "threads": threads,
-                 "student.ratio": student_ratio}
+                 "student.ratio": student_ratio, "distill.time_budget": time_budget,
+                 "distill.min_agreement": min_agreement}
     overrides.update(_parse_set(sets))
     return load_config(config_path, overrides)
 

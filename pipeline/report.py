@@ -171,7 +171,11 @@ def sections(report: dict) -> list[Section]:
         final = _pct(hist[-1].get("agreement")) if hist else "—"
         row = [str(steps) if steps is not None else "—", str(dist.get("replay") or "—"),
                _bytes(dist.get("replay_memory_bytes")), f"{_f(dist.get('wall_s'), 1)} s" if _num(dist.get("wall_s")) else "—", final]
-        out.append(Section("Distillation", ["Steps", "Replay", "Replay memory", "Wall time", "Final agreement"], [row],
+        est = dist.get("estimate") or {}
+        row += [str(dist.get("stopped_by") or "—"),
+                f"{_f(est.get('estimated_s'), 0)} s" if _num(est.get("estimated_s")) else "—", _verdict(dist)]
+        out.append(Section("Distillation", ["Steps", "Replay", "Replay memory", "Wall time", "Final agreement",
+                                            "Stopped by", "Estimated time", "Converged"], [row],
                            plot="distillation" if hist else None))
 
     quant = _dict(report, "quantization")
@@ -405,6 +409,8 @@ def summary_table(report: dict) -> Table:
             t.add_row("Distillation steps", str(dist["steps"]))
         if _num(dist.get("replay_memory_bytes")):
             t.add_row("Replay memory", _bytes(dist["replay_memory_bytes"]))
+        if dist.get("verdict"):
+            t.add_row("Student converged", _verdict(dist))
     lat = [r for r in _rows(report.get("latency")) if _num(r.get("p50_ms"))]
     if lat:
         best = min(lat, key=lambda r: r["p50_ms"])
@@ -413,3 +419,13 @@ def summary_table(report: dict) -> Table:
     if arts:
         t.add_row("Artifacts total", _bytes(sum(a["bytes"] for a in arts)))
     return t
+
+
+def _verdict(dist: dict) -> str:
+    """'yes', or 'NO: why; what to try' for a student that did not learn the teacher (judged without data)."""
+    v = dist.get("verdict") or {}
+    if v.get("converged") is None:
+        return "—"
+    if v["converged"]:
+        return "yes"
+    return f"NO: {v.get('reason', '')}; try {v.get('try', '')}"

@@ -19,7 +19,15 @@ class StudentConfig:
 
 @dataclass
 class DistillConfig:
-    iterations: int = setting(270, gt=0)  # outer iterations: one generator step then `kd_steps` student steps
+    # The cap on outer iterations (one generator step, then `kd_steps` student steps); distillation stops earlier
+    # when the student's agreement with the teacher on held-out synthetic probes has gained less than `min_gain` in
+    # the last `patience` evaluations (0: never), or when `time_budget` seconds are spent (0: no budget).
+    iterations: int = setting(270, gt=0)
+    patience: int = setting(6, ge=0)
+    min_gain: float = setting(0.005, ge=0)
+    time_budget: float = setting(0.0, ge=0)
+    # The run fails (non-zero exit, outputs kept) when the shipped student's probe agreement ends below this
+    min_agreement: float = setting(0.0, ge=0, le=1)
     kd_steps: int = setting(5, gt=0)
     batch_size: int = setting(128, gt=0)
     replay_batch: int = setting(64, ge=0)  # replay samples mixed into every student step

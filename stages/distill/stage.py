@@ -15,7 +15,7 @@ from torch import nn
 from core import __version__
 from core import workdir as wd
 from core.device import set_up
-from core.errors import UsageError
+from core.errors import RunError, UsageError
 from core.evaluation import check_compatible, evaluator
 from core.fileio import write_json
 from core.settings import resolve_path
@@ -25,6 +25,7 @@ from core.world import World, world_from_env
 from stages.distill import parallel
 from stages.distill.engine import DistillResult, distill
 from stages.distill.networks import VAE, build_student, param_count, student_spec
+from stages.distill.stopping import verdict
 
 
 def student_for(cfg, teacher: nn.Module, spec: TaskSpec) -> tuple[nn.Module, dict]:
@@ -88,10 +89,25 @@ def stage_distill(cfg, out: Path, resume: bool, console: Console, memory_factory
         with console.progress("distill", cfg.distill.iterations) as advance:
             result = distill(cfg.distill, teacher, student, spec.input_shape, out / "distill", device, seed=cfg.seed,
                              evaluate=evaluator(cfg.eval, spec) if world.is_main else None, resume=resume,
-                             progress=advance, memory=memory, world=world)
+                             progress=advance, memory=memory, world=world, inform=console.info)
         if not world.is_main:
             return None
-        return _finish(cfg, out, run, result, s_spec, spec, param_count(teacher), device, world)
+        summary = _finish(cfg, out, run, result, s_spec, spec, param_count(teacher), device, world)
+        _tell(console, summary, out, cfg.distill.min_agreement)
+        return summary
+
+
+def _tell(console: Console, summary: dict, out: Path, minimum: float) -> None:
+    """Say why distillation ended and whether the student learnt the teacher; fail when asked to on a poor one."""
+    v = summary["verdict"]
+    console.info(f"distill: stopped by {summary['stopped_by']} after {summary['steps']} iterations in "
+                 f"{summary['wall_s']:.0f} s; {v['reason']}")
+    if v["converged"] is False:
+        console.warn(f"the student did not converge: {v['reason']}; try {v['try']}")
+    reached = summary["history"][-1]["agreement"] if summary["history"] else None
+    if minimum and reached is not None and reached < minimum:
+        raise RunError(f"distill: probe agreement {reached:.3f} is below --min-agreement {minimum:g}; the student "
+                       f"is kept in {out}")
 
 
 def _open_run(cfg, out: Path, spec: TaskSpec, resume: bool, world: World) -> tuple[dict, dict | None]:
@@ -115,11 +131,15 @@ def _finish(cfg, out: Path, run: dict, result: DistillResult, s_spec: dict, spec
     if result.vae is not None:
         wd.save_module(result.vae, out / wd.VAE_FILE)
         write_json(out / wd.VAE_SPEC, vae_spec(result.vae, spec.input_shape))
+    last = result.history[-1] if result.history else {}
     summary = {
         "replay": cfg.distill.replay,
         "replay_memory_bytes": result.memory.nbytes(),
         "steps": result.iterations,
+        "stopped_by": result.stopped_by,
         "wall_s": round(result.wall_s, 2),
+        "estimate": result.estimate,
+        "verdict": verdict(last.get("agreement"), last.get("train_agreement"), cfg.distill.min_agreement),
         "history": result.history,
         "student_params": param_count(result.student),
         "teacher_params": teacher_params,

@@ -1,0 +1,67 @@
+"""When distillation ends and whether it worked, judged without data.
+
+The only quality signal a user without data has is the student's agreement with the teacher on held-out
+synthetic probes (probes.py). Distillation stops when that agreement has stopped improving, when a wall-clock
+budget is spent, or at the iteration cap; afterwards, a probe agreement far below what the student reached on
+its own training samples, or below a floor, marks the student as not converged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# A student whose probe agreement is below this did not learn the teacher, whatever it reached in training.
+AGREEMENT_FLOOR = 0.8
+# Probe agreement this far below the training-sample agreement: the student fits its own samples only.
+GAP_LIMIT = 0.15
+
+
+def plateaued(agreements: list[float], patience: int, min_gain: float) -> bool:
+    """True when none of the last `patience` evaluations beat the best one before them by `min_gain`."""
+    if patience <= 0 or len(agreements) <= patience:
+        return False
+    best_before = max(agreements[:-patience])
+    return max(agreements[-patience:]) < best_before + min_gain
+
+
+@dataclass
+class Pace:
+    """Seconds per iteration from the iterations timed so far, after a warm-up iteration that pays one-off costs."""
+
+    warmup: int = 1
+    timed: int = 0
+    seconds: float = 0.0
+
+    def add(self, seconds: float) -> None:
+        if self.warmup > 0:
+            self.warmup -= 1
+            return
+        self.timed += 1
+        self.seconds += seconds
+
+    @property
+    def per_iteration(self) -> float | None:
+        return self.seconds / self.timed if self.timed else None
+
+
+def fitting_iterations(per_iteration: float, budget_s: float, elapsed_s: float, done: int, cap: int) -> int:
+    """How many iterations in all fit into the budget at this pace (never more than the cap)."""
+    return min(cap, done + max(0, int((budget_s - elapsed_s) / per_iteration)))
+
+
+def verdict(probe_agreement: float | None, train_agreement: float | None, minimum: float = 0.0) -> dict:
+    """Whether the shipped student learnt the teacher, from agreements alone, with what to try when it did not."""
+    floor = max(AGREEMENT_FLOOR, minimum)
+    if probe_agreement is None:
+        return {"converged": None, "reason": "no probe evaluation"}
+    reasons = []
+    if probe_agreement < floor:
+        reasons.append(f"probe agreement {probe_agreement:.3f} is below {floor:.2f}")
+    if train_agreement is not None and train_agreement - probe_agreement > GAP_LIMIT:
+        reasons.append(f"probe agreement {probe_agreement:.3f} is far below the {train_agreement:.3f} reached on its "
+                       "own training samples")
+    if not reasons:
+        return {"converged": True, "reason": f"probe agreement {probe_agreement:.3f}"}
+    return {"converged": False, "reason": "; ".join(reasons),
+            "try": "a longer run (distill.iterations, --time-budget), a larger student (--student-ratio), "
+                   "or another synthesizer (distill.synthesizer)"}

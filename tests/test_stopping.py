@@ -1,0 +1,81 @@
+"""When distillation stops and how a failed run says so: the rules, then real runs through them."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from core.tasks import digits
+from core.teacher import load_weights
+from pipeline.config import load_config
+from stages.distill.engine import distill
+from stages.distill.networks import build_student, student_spec
+from stages.distill.stopping import Pace, fitting_iterations, plateaued, verdict
+from tests.conftest import run_cli
+
+
+def test_plateau_needs_a_gain_within_patience():
+    assert not plateaued([0.5, 0.6, 0.7, 0.8], patience=2, min_gain=0.01)
+    assert plateaued([0.5, 0.8, 0.805, 0.79], patience=2, min_gain=0.01)  # 0.805 gains less than 0.01
+    assert not plateaued([0.5, 0.8, 0.82, 0.79], patience=2, min_gain=0.01)
+    assert not plateaued([0.8, 0.8], patience=2, min_gain=0.0)  # too few evaluations to judge
+    assert not plateaued([0.9] * 10, patience=0, min_gain=0.0)  # patience 0: never
+
+
+def test_pace_skips_the_warm_up_and_the_budget_caps_iterations():
+    pace = Pace()
+    for s in (5.0, 1.0, 3.0):
+        pace.add(s)
+    assert pace.per_iteration == pytest.approx(2.0)
+    assert fitting_iterations(2.0, budget_s=30, elapsed_s=10, done=3, cap=100) == 13
+    assert fitting_iterations(2.0, budget_s=1000, elapsed_s=10, done=3, cap=100) == 100
+
+
+def test_verdict_flags_low_or_overfitted_agreement():
+    assert verdict(0.95, 0.97)["converged"] is True
+    low = verdict(0.4, 0.5)
+    assert low["converged"] is False and "below 0.80" in low["reason"] and "try" in low
+    gap = verdict(0.82, 0.99)
+    assert gap["converged"] is False and "own training samples" in gap["reason"]
+    assert verdict(0.85, 0.9, minimum=0.9)["converged"] is False
+    assert verdict(None, None)["converged"] is None
+
+
+def _digits_run(tmp_path, **settings):
+    teacher = digits.build_teacher()
+    load_weights(teacher, digits.WEIGHTS)
+    cfg = dataclasses.replace(load_config(overrides={"preset": "smoke"}).distill, **settings)
+    student = build_student(student_spec((1, 8, 8), 10, 24000, 0.25))
+    torch.set_num_threads(1)
+    lines = []
+    result = distill(cfg, teacher.eval(), student, (1, 8, 8), tmp_path, torch.device("cpu"), inform=lines.append)
+    return result, lines
+
+
+def test_a_plateau_ends_the_run_before_the_cap(tmp_path):
+    # min_gain 1.0 cannot be reached: the run stops after patience + 1 evaluations
+    result, lines = _digits_run(tmp_path, iterations=40, eval_every=2, patience=2, min_gain=1.0)
+    assert result.stopped_by == "plateau" and result.iterations == 6
+    assert [r["step"] for r in result.history] == [2, 4, 6]
+    assert result.estimate["planned_iterations"] == 40 and any("s per iteration" in ln for ln in lines)
+
+
+def test_a_time_budget_ends_the_run_and_is_planned_for(tmp_path):
+    result, _ = _digits_run(tmp_path, iterations=10_000, eval_every=1000, patience=0, time_budget=2.0)
+    assert result.stopped_by == "time-budget" and 4 < result.iterations < 10_000
+    assert 2.0 <= result.wall_s < 6.0
+    assert result.history[-1]["step"] == result.iterations  # the shipped state is evaluated
+    assert result.estimate["planned_iterations"] < 10_000
+
+
+def test_min_agreement_fails_the_run_and_keeps_the_student(tmp_path):
+    out = tmp_path / "run"
+    r = run_cli("distill", "--preset", "smoke", "--device", "cpu", "--min-agreement", "1", "--out", str(out))
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines()[-1].startswith("error: distill: probe agreement")
+    assert (out / "student.safetensors").is_file()
+    summary = json.loads((out / "run.json").read_text())["stages"]["distill"]
+    assert summary["stopped_by"] == "iterations" and summary["verdict"]["converged"] is False
