@@ -8,6 +8,7 @@ from core.errors import UsageError
 from core.settings import check, setting
 
 REPLAY_MODES = ("vae", "memory", "none")
+SYNTHESIZERS = ("adversarial", "meta", "conditional")
 
 
 @dataclass
@@ -32,6 +33,8 @@ class DistillConfig:
     batch_size: int = setting(128, gt=0)
     replay_batch: int = setting(64, ge=0)  # replay samples mixed into every student step
     latent_dim: int = setting(64, gt=0)
+    synthesizer: str = setting("adversarial", choices=SYNTHESIZERS)  # see synthesizer.py
+    synthesis_steps: int = setting(1, gt=0)  # generator updates per iteration
     vae_latent_dim: int = setting(32, gt=0)
     vae_steps: int = setting(2, ge=0)  # VAE updates per outer iteration, on the first student steps
     lr_student: float = setting(4e-3, gt=0)

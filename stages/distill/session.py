@@ -20,7 +20,7 @@ from stages.distill.memory import NoReplay, ReservoirMemory, VAEMemory
 from stages.distill.networks import VAE, auto_vae_width
 from stages.distill.probes import agreement, synthesize_probes
 from stages.distill.stopping import Pace, fitting_iterations, plateaued
-from stages.distill.synthesizer import AdversarialSynthesizer
+from stages.distill.synthesizer import build_synthesizer
 
 CHECKPOINT = "checkpoint.pt"
 # Iterations timed (after a warm-up one) before the run's length is estimated.
@@ -142,7 +142,9 @@ class Session:
         self.cfg, self.out_dir, self.world, self.seed, self.device = cfg, out_dir, world, seed, device
         self.teacher = teacher.to(device).eval()
         self.student = student.to(device)
-        self.synth = AdversarialSynthesizer(cfg, self.teacher, shape, device)
+        num_classes = _num_classes(self.teacher, shape, device)
+        check_against_teacher(cfg, shape, num_classes)
+        self.synth = build_synthesizer(cfg, self.teacher, shape, device, num_classes)
         self.memory = memory if memory is not None else build_memory(cfg, shape, self.teacher, device)
         layout.adopt(self.teacher, self.student, self.synth.generator, self.vae)
         layout.check(shape, device, self.teacher, self.student)
@@ -151,8 +153,6 @@ class Session:
         self.average = WeightAverage(self.student, cfg.ema_decay) if cfg.ema_decay > 0 else None
         layout.adopt(self.average.model if self.average is not None else None)
         self.shipped = self.average.model if self.average is not None else self.student  # evaluated and returned
-        num_classes = _num_classes(self.teacher, shape, device)
-        check_against_teacher(cfg, shape, num_classes)
         self.groups = criteria.class_groups(num_classes, cfg.class_phases) if cfg.class_phases else None
         self.probes, self.probe_labels = None, None
         if world.is_main:
@@ -225,6 +225,9 @@ class Session:
     def wrap(self) -> None:
         """Several processes: DDP averages the gradients of what each rank trains; the bare modules stay for
         everything that needs no synchronisation (the student judged by the generator, sampling, eval)."""
+        if self.world.distributed and self.cfg.synthesizer != "adversarial":
+            raise UsageError(f"distill.synthesizer '{self.cfg.synthesizer}' runs in one process; several processes "
+                             "share the adversarial synthesizer only")
         self.student_train = parallel.wrap(self.student, self.world, self.device)
         self.synth.trainer = parallel.wrap(self.synth.generator, self.world, self.device)
         if self.vae is not None:

@@ -1,63 +1,90 @@
 """Synthesizers: where the student's training inputs come from, behind one interface.
 
-A synthesizer owns its generator and optimiser and the hooks it needs on the teacher. Each outer iteration
-the loop calls `step(student, focus)` once (learn to make samples the teacher finds plausible and the student
-gets wrong), then `sample(n)` for every student step. The criteria it combines live in criteria.py.
+A synthesizer owns its generator(s) and optimiser and the hooks it needs on the teacher. Each outer iteration
+the loop calls `step(student, batch, focus)` once (learn to make samples the teacher finds plausible and the
+student gets wrong; `synthesis_steps` generator updates), then `sample(n)` for every student step. All of them
+minimise the same objective (criteria.py): adversarial disagreement, the teacher's BatchNorm statistics,
+class balance, confidence and activation.
+
+  adversarial  one persistent generator from noise to inputs (DFAD, PRE-DFKD).
+  meta         a persistent meta-generator; each round a copy of it learns for a few steps and serves the
+               round's samples, and the meta-weights move part of the way towards the copy (Reptile), so a
+               round starts from weights that adapt fast (Fast-DFKD's idea).
+  conditional  each sample asks for a class: a learned embedding per class goes through a "noisy layer" that is
+               drawn afresh every round, then the generator; the teacher's cross-entropy to the asked class
+               replaces the confidence term, and the fresh layer keeps rounds diverse (NAYER's idea).
 """
 
 from __future__ import annotations
 
+import copy
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from stages.distill import criteria
 from stages.distill.config import DistillConfig
 from stages.distill.networks import build_generator
 
-
 class AdversarialSynthesizer:
     """PRE-DFKD's generator: one persistent network from noise to inputs, trained against the student with the
-    teacher's priors (BatchNorm statistics, class balance, confidence, activation)."""
+    teacher's priors."""
 
     def __init__(self, cfg: DistillConfig, teacher: nn.Module, shape: tuple[int, ...], device: torch.device):
+        self.cfg, self.teacher, self.shape, self.device = cfg, teacher, shape, device
         self.latent_dim = cfg.latent_dim
-        self.teacher = teacher
         self.generator = build_generator(cfg.latent_dim, shape, width=cfg.generator_width).to(device)
         self.trainer: nn.Module = self.generator  # a DDP wrapper under torchrun
-        self.opt = torch.optim.Adam(self.generator.parameters(), lr=cfg.lr_generator, betas=(0.5, 0.999))
-        self.adversarial = cfg.adversarial
+        self.opt = self._optimizer(self.generator.parameters())
         self.bn = criteria.BNStatistics(teacher)
         self.features = criteria.PenultimateFeatures(teacher)
         self.weights = {"adversarial": cfg.w_adv, "bn": cfg.w_bn if self.bn.layers else 0.0,
                         "balance": cfg.w_balance, "onehot": cfg.w_onehot, "activation": cfg.w_activation}
-        self.device = device
 
-    def step(self, student: nn.Module, batch: int, focus: list[int] | None = None) -> torch.Tensor:
-        """One generator update on a fresh batch; returns its loss."""
-        self.generator.train()
-        student.eval()
-        x = self.trainer(torch.randn(batch, self.latent_dim, device=self.device))
+    def _optimizer(self, params) -> torch.optim.Optimizer:
+        return torch.optim.Adam(params, lr=self.cfg.lr_generator, betas=(0.5, 0.999))
+
+    def objective(self, x: torch.Tensor, student: nn.Module, focus: list[int] | None,
+                  labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The generator's loss on a batch it made; with `labels`, cross-entropy to the asked classes replaces
+        the confidence term (and class balance, which the labels already give)."""
         with self.bn:
             t_logits = self.teacher(x)
             bn_loss = self.bn.loss()
         terms = {
-            "adversarial": criteria.adversarial_loss(self.adversarial, student(x), t_logits),
+            "adversarial": criteria.adversarial_loss(self.cfg.adversarial, student(x), t_logits),
             "bn": bn_loss,
-            "balance": criteria.class_balance(t_logits, focus),
-            "onehot": criteria.onehot(t_logits, focus),
+            "balance": criteria.class_balance(t_logits, focus) if labels is None else torch.zeros((), device=x.device),
+            "onehot": criteria.onehot(t_logits, focus) if labels is None else F.cross_entropy(t_logits, labels),
             "activation": criteria.activation(self.features.features),
         }
-        loss = criteria.generator_objective(self.weights, terms)
+        return criteria.generator_objective(self.weights, terms)
+
+    def _update(self, opt: torch.optim.Optimizer, loss: torch.Tensor) -> bool:
         if not torch.isfinite(loss):
-            return loss  # the loop stops the run on it; no update from a broken loss
-        self.opt.zero_grad(set_to_none=True)
+            return False  # the loop stops the run on it; no update from a broken loss
+        opt.zero_grad(set_to_none=True)
         loss.backward()
-        self.opt.step()
+        opt.step()
+        return True
+
+    def step(self, student: nn.Module, batch: int, focus: list[int] | None = None) -> torch.Tensor:
+        """`synthesis_steps` generator updates on fresh batches; returns the last loss."""
+        self.generator.train()
+        student.eval()
+        for _ in range(self.cfg.synthesis_steps):
+            loss = self.objective(self.trainer(self._noise(batch)), student, focus)
+            if not self._update(self.opt, loss):
+                break
         return loss
+
+    def _noise(self, n: int) -> torch.Tensor:
+        return torch.randn(n, self.latent_dim, device=self.device)
 
     @torch.no_grad()
     def sample(self, n: int) -> torch.Tensor:
-        return self.generator(torch.randn(n, self.latent_dim, device=self.device))
+        return self.generator(self._noise(n))
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.state_dict(), "opt": self.opt.state_dict()}
@@ -70,3 +97,106 @@ class AdversarialSynthesizer:
         """Take the hooks off the teacher."""
         self.bn.remove()
         self.features.remove()
+
+
+class MetaSynthesizer(AdversarialSynthesizer):
+    """`generator` holds the meta-weights; `fast` is the round's copy that learns and serves the samples."""
+
+    REPTILE_RATE = 0.5  # how far the meta-weights move towards the round's learnt copy
+
+    def __init__(self, cfg: DistillConfig, teacher: nn.Module, shape: tuple[int, ...], device: torch.device):
+        super().__init__(cfg, teacher, shape, device)
+        self.fast = copy.deepcopy(self.generator)
+
+    def step(self, student: nn.Module, batch: int, focus: list[int] | None = None) -> torch.Tensor:
+        self.fast.load_state_dict(self.generator.state_dict())
+        self.fast.train()
+        student.eval()
+        opt = self._optimizer(self.fast.parameters())  # a fresh inner optimiser: each round starts anew
+        for _ in range(self.cfg.synthesis_steps):
+            loss = self.objective(self.fast(self._noise(batch)), student, focus)
+            if not self._update(opt, loss):
+                return loss
+        with torch.no_grad():  # Reptile: meta <- meta + rate * (fast - meta)
+            for meta, fast in zip(self.generator.parameters(), self.fast.parameters()):
+                meta.add_(fast - meta, alpha=self.REPTILE_RATE)
+            for meta, fast in zip(self.generator.buffers(), self.fast.buffers()):
+                meta.copy_(fast)
+        return loss
+
+    @torch.no_grad()
+    def sample(self, n: int) -> torch.Tensor:
+        return self.fast(self._noise(n))
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.state_dict(), "fast": self.fast.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.load_state_dict(state["generator"])
+        self.fast.load_state_dict(state["fast"])
+
+
+class _NoisyEmbedding(nn.Module):
+    """Class embedding and noise -> the generator's latent, through a layer drawn afresh every round."""
+
+    def __init__(self, num_classes: int, latent_dim: int):
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.embedding = nn.Embedding(num_classes, latent_dim)
+        self.noisy = nn.Sequential(nn.Linear(2 * latent_dim, latent_dim), nn.BatchNorm1d(latent_dim))
+
+    def redraw(self) -> None:
+        for m in self.noisy:
+            m.reset_parameters()
+
+    def forward(self, labels: torch.Tensor) -> torch.Tensor:
+        noise = torch.randn(len(labels), self.latent_dim, device=labels.device)
+        return self.noisy(torch.cat([self.embedding(labels), noise], 1))
+
+
+class ConditionalSynthesizer(AdversarialSynthesizer):
+    """Samples that each ask the teacher for one class, balanced over the classes (or the focus group)."""
+
+    def __init__(self, cfg: DistillConfig, teacher: nn.Module, shape: tuple[int, ...], device: torch.device,
+                 num_classes: int):
+        super().__init__(cfg, teacher, shape, device)
+        self.num_classes = num_classes
+        self.condition = _NoisyEmbedding(num_classes, cfg.latent_dim).to(device)
+        self.opt = self._optimizer(list(self.generator.parameters()) + list(self.condition.parameters()))
+
+    def _labels(self, n: int, focus: list[int] | None) -> torch.Tensor:
+        classes = torch.as_tensor(focus if focus else range(self.num_classes), device=self.device)
+        return classes[torch.arange(n, device=self.device) % len(classes)]
+
+    def step(self, student: nn.Module, batch: int, focus: list[int] | None = None) -> torch.Tensor:
+        self.condition.redraw()
+        self.generator.train()
+        self.condition.train()
+        student.eval()
+        labels = self._labels(batch, focus)
+        for _ in range(self.cfg.synthesis_steps):
+            loss = self.objective(self.trainer(self.condition(labels)), student, focus, labels)
+            if not self._update(self.opt, loss):
+                break
+        return loss
+
+    @torch.no_grad()
+    def sample(self, n: int) -> torch.Tensor:
+        self.condition.eval()  # the round's layer, with its batch statistics as learnt
+        return self.generator(self.condition(self._labels(n, None)[torch.randperm(n, device=self.device)]))
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "condition": self.condition.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.condition.load_state_dict(state["condition"])
+
+
+def build_synthesizer(cfg: DistillConfig, teacher: nn.Module, shape: tuple[int, ...], device: torch.device,
+                      num_classes: int) -> AdversarialSynthesizer:
+    if cfg.synthesizer == "meta":
+        return MetaSynthesizer(cfg, teacher, shape, device)
+    if cfg.synthesizer == "conditional":
+        return ConditionalSynthesizer(cfg, teacher, shape, device, num_classes)
+    return AdversarialSynthesizer(cfg, teacher, shape, device)
