@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from pipeline import __version__
-from pipeline.bundle import MANIFEST, Manifest, write_manifest
+from pipeline.bundle import MANIFEST, Manifest
 from pipeline.config import RunConfig, to_dict
 from pipeline.errors import RunError, UsageError
 from pipeline.fileio import write_json
@@ -271,9 +271,10 @@ BASE_ROLES = [(wd.STUDENT, "student-checkpoint"), (wd.STUDENT_SPEC, "student-spe
 
 
 def stage_export(out: Path, console: Console, target_name: str | None = None, parent: str | None = None,
-                 benchmark_runs: int | None = None) -> dict:
+                 benchmark_runs: int | None = None, version: int = 1) -> dict:
     from pipeline.evaluation import eval_set, onnx_accuracy, torch_accuracy
     from pipeline.report import write_reports
+    from pipeline.trust.seal import seal_manifest
     from targets.base import BenchmarkRequest, ExportContext
     from targets.registry import get_target
 
@@ -297,13 +298,14 @@ def stage_export(out: Path, console: Console, target_name: str | None = None, pa
         input={"name": "input", "shape": ["batch", *spec["input_shape"]], "dtype": "float32",
                "scale": spec["scale"], "mean": spec["mean"], "std": spec["std"]},
         num_classes=spec["num_classes"], classes=spec["classes"], parent=parent,
+        version=version,
     )
     for name, role in BASE_ROLES:
         if (out / name).is_file():
             manifest.add(out, out / name, role)
     for art in exported:
         manifest.add(out, art.path, art.role)
-    write_manifest(out, manifest)
+    seal_manifest(out, manifest)
 
     runs = benchmark_runs or cfg.export.benchmark_runs
     console.info(f"export: measuring latency on this host ({runs} runs per model)")
