@@ -17,6 +17,8 @@ import click
 
 from pipeline import __version__
 from pipeline.errors import PipelineError, RunError, UsageError
+from pipeline.trust.commands import (COMMANDS, lineage_of, load_sign_key, sign_key_option, sign_output,
+                                     trust_option)
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
@@ -137,13 +139,15 @@ def cli(ctx, debug, quiet):
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Bundle directory (default runs/<timestamp>-<target>)")
 @click.option("--force", is_flag=True, help="Overwrite a directory that holds another run.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out from its last checkpoint.")
+@sign_key_option
 @config_options
 @click.pass_obj
-def run(obj, target, out, force, resume, **kw):
+def run(obj, target, out, force, resume, sign_key, **kw):
     """All three stages: distill, quantize, export."""
     from pipeline.workdir import prepare_out_dir
 
     cfg = config_for(target, out, resume, kw, force)  # usage errors surface before torch is imported
+    key = load_sign_key(sign_key)
     out = Path(out) if out else _default_out(cfg.target)
     if obj["world"].is_main:
         prepare_out_dir(out, force, resume)
@@ -158,6 +162,7 @@ def run(obj, target, out, force, resume, **kw):
     console.out.print(summary_table(report))
     console.out.print(latency_table(report["latency"], report.get("accuracy")))
     console.out.print(f"bundle: {out}  (manifest.json, report.md, report.html)  in {report['total_wall_s']} s")
+    sign_output(out, key, console)
 
 
 @cli.command(context_settings=CONTEXT)
@@ -206,14 +211,18 @@ def quantize(obj, directory, target):
 @cli.command(context_settings=CONTEXT)
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--target", type=str, default=None)
+@sign_key_option
 @click.pass_obj
-def export(obj, directory, target):
+def export(obj, directory, target, sign_key):
     """Stage 3: target artifacts, manifest, latency and reports."""
     from pipeline.orchestrate import stage_export
     from pipeline.report import summary_table
 
-    report = stage_export(Path(directory), obj["console"], target)
+    key = load_sign_key(sign_key)
+    parent, version = lineage_of(Path(directory))
+    report = stage_export(Path(directory), obj["console"], target, parent=parent, version=version)
     obj["console"].out.print(summary_table(report))
+    sign_output(Path(directory), key, obj["console"])
 
 
 @cli.command(context_settings=CONTEXT)
@@ -223,10 +232,14 @@ def export(obj, directory, target):
 @click.option("--runs", type=int, default=None, help="Timed runs per model")
 @click.option("--duration", type=float, default=None, help="Seconds per model instead of a run count")
 @click.option("--warmup", type=int, default=10)
+@trust_option
 @click.pass_obj
-def benchmark(obj, bundle, batch, threads, runs, duration, warmup):
+def benchmark(obj, bundle, batch, threads, runs, duration, warmup, trust):
     """Latency of a bundle's models on this machine; saved into report.json."""
     from pipeline.benchmarking import benchmark_bundle
+    from pipeline.trust.verify import require_trusted
+
+    require_trusted(bundle, trust)
 
     if runs is not None and runs <= 0:
         raise UsageError(f"--runs must be positive, got {runs}")
@@ -242,10 +255,14 @@ def benchmark(obj, bundle, batch, threads, runs, duration, warmup):
 @cli.command("build-engine", context_settings=CONTEXT)
 @click.argument("bundle", type=click.Path())
 @click.option("--profile", type=str, default=None, help="Device profile: orin-nano, orin-nx, agx-orin, agx-orin-dla")
+@trust_option
 @click.pass_obj
-def build_engine(obj, bundle, profile):
+def build_engine(obj, bundle, profile, trust):
     """On a machine with TensorRT (a Jetson): build the engine and measure it."""
     from pipeline.bundle import verify_bundle
+    from pipeline.trust.verify import require_trusted
+
+    require_trusted(bundle, trust)
     from targets.base import RuntimeMissing
     from targets.registry import get_target
 
@@ -267,15 +284,20 @@ def build_engine(obj, bundle, profile):
 @click.argument("bundle", type=click.Path())
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="New bundle (default: BUNDLE-update-<timestamp>)")
 @click.option("--force", is_flag=True, help="Overwrite --out if it holds another run.")
+@trust_option
+@sign_key_option
 @config_options
 @click.pass_obj
-def update(obj, bundle, out, force, **kw):
+def update(obj, bundle, out, force, trust, sign_key, **kw):
     """On-device update: distill toward a new teacher with replay from the bundle's VAE; no stored data."""
     from pipeline.report import summary_table
+    from pipeline.trust.verify import require_trusted
     from pipeline.update import default_update_out, update_bundle
 
     if not kw.get("config_path"):
         raise UsageError("update needs --config NEW.toml naming the new teacher")
+    require_trusted(bundle, trust)
+    key = load_sign_key(sign_key)
     cfg = build_config(None, **kw)
     bundle = Path(bundle)
     out = Path(out) if out else default_update_out(bundle)
@@ -284,6 +306,7 @@ def update(obj, bundle, out, force, **kw):
     report = update_bundle(bundle, cfg, out, obj["console"], force=force)
     obj["console"].out.print(summary_table(report))
     obj["console"].out.print(f"updated bundle: {out} (parent {report['parent'][:12]})")
+    sign_output(out, key, obj["console"])
 
 
 @cli.command(context_settings=CONTEXT)
@@ -348,6 +371,10 @@ def doctor(obj):
     ok, msg = tensorrt_status()
     lines.append(f"tensorrt: {'available' if ok else 'not available'} ({msg})")
     obj["console"].out.print("\n".join(lines), markup=False)
+
+
+for _command in COMMANDS:
+    cli.add_command(_command)
 
 
 def _one_line(message: str) -> str:
