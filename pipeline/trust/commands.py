@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from pipeline.errors import RunError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+    from pipeline.ui import Console
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
@@ -16,7 +22,7 @@ trust_option = click.option("--trust", type=click.Path(dir_okay=False), default=
                             help="Ed25519 public key: refuse bundles not signed by it (default: $PIPELINE_TRUST_KEY)")
 
 
-def load_sign_key(path: str | None):
+def load_sign_key(path: str | None) -> Ed25519PrivateKey | None:
     """Load the key before any work starts, so a bad key path fails in a second, not after a run."""
     if path is None:
         return None
@@ -25,7 +31,7 @@ def load_sign_key(path: str | None):
     return load_private_key(path)
 
 
-def sign_output(out: Path, key, console) -> None:
+def sign_output(out: Path, key: Ed25519PrivateKey | None, console: Console) -> None:
     if key is None:
         return
     from pipeline.trust.signing import key_id, sign_bundle
@@ -33,7 +39,7 @@ def sign_output(out: Path, key, console) -> None:
     console.out.print(f"signed: {sign_bundle(out, key)} (key {key_id(key.public_key())})", markup=False, soft_wrap=True)
 
 
-def _trusted_key(trust: str | None):
+def _trusted_key(trust: str | None) -> Ed25519PublicKey | None:
     from pipeline.trust.signing import load_public_key
     from pipeline.trust.verify import trust_key_path
 
