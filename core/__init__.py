@@ -4,4 +4,4 @@ Every other package may import from here; nothing here imports from `pipeline`, 
 """
 
 __version__ = "0.1.0"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: manifest "version" (rollback protection) and a "health-probes" artifact

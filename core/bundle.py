@@ -35,6 +35,7 @@ class Manifest:
     classes: list | None = None
     artifacts: list[Artifact] = field(default_factory=list)
     parent: str | None = None
+    version: int = 1  # grows by one per update along a lineage; installs refuse to go back
     format_version: int = FORMAT_VERSION
     pipeline_version: str = __version__
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
@@ -51,6 +52,7 @@ class Manifest:
             "classes": self.classes,
             "artifacts": [a.__dict__ for a in self.artifacts],
             "parent": self.parent,
+            "version": self.version,
         }
         d.update(self.extra)
         return d
@@ -67,7 +69,7 @@ class Manifest:
 
 
 _REQUIRED = {"format_version": int, "target": str, "input": dict, "num_classes": int, "artifacts": list}
-_KNOWN = set(_REQUIRED) | {"pipeline_version", "created", "classes", "parent"}
+_KNOWN = set(_REQUIRED) | {"pipeline_version", "created", "classes", "parent", "version"}
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -92,6 +94,9 @@ def parse_manifest(data: object) -> Manifest:
             raise UsageError(f"manifest.json: field '{key}' must be a string")
     if data.get("classes") is not None and not isinstance(data["classes"], list):
         raise UsageError("manifest.json: field 'classes' must be a list or null")
+    version = data.get("version", 1)  # bundles before format 2 carry none: the first of their lineage
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise UsageError("manifest.json: field 'version' must be a positive integer")
     if data["num_classes"] < 1:
         raise UsageError(f"manifest.json: num_classes must be positive, got {data['num_classes']}")
     shape = data["input"].get("shape")
@@ -119,6 +124,7 @@ def parse_manifest(data: object) -> Manifest:
         classes=data.get("classes"),
         artifacts=arts,
         parent=data.get("parent"),
+        version=version,
         format_version=data["format_version"],
         pipeline_version=data.get("pipeline_version") or "",
         created=data.get("created") or "",

@@ -24,6 +24,9 @@ from core.ui import Console
 from core.workdir import check_force_resume, prepare_out_dir
 from core.world import DISTRIBUTED_COMMANDS, world_from_env
 from pipeline.config import RESUME_FREE, load_config, resume_config, validate
+from pipeline.trust.commands import (COMMANDS, lineage_of, load_sign_key, sign_key_option, sign_output,
+                                     trust_option)
+from core.trust import require_trusted
 from targets import TARGET_NAMES
 
 # The stages, the targets' runtimes and the report load torch, onnx and matplotlib: commands import them
@@ -144,11 +147,13 @@ def cli(ctx, debug, quiet):
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Bundle directory (default runs/<timestamp>-<target>)")
 @click.option("--force", is_flag=True, help="Overwrite a directory that holds another run.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out from its last checkpoint.")
+@sign_key_option
 @config_options
 @click.pass_obj
-def run(obj, target, out, force, resume, **kw):
+def run(obj, target, out, force, resume, sign_key, **kw):
     """All three stages: distill, quantize, export."""
     cfg = config_for(target, out, resume, kw, force)  # usage errors surface before torch is imported
+    key = load_sign_key(sign_key)
     out = Path(out) if out else _default_out(cfg.target)
 
     from pipeline.report import latency_table, summary_table
@@ -161,6 +166,7 @@ def run(obj, target, out, force, resume, **kw):
     console.out.print(summary_table(report))
     console.out.print(latency_table(report["latency"], report.get("accuracy")))
     console.out.print(f"bundle: {out}  (manifest.json, report.md, report.html)  in {report['total_wall_s']} s")
+    sign_output(out, key, console)
 
 
 @cli.command(context_settings=CONTEXT)
@@ -204,15 +210,19 @@ def quantize(obj, directory, target):
 @cli.command(context_settings=CONTEXT)
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--target", type=str, default=None)
+@sign_key_option
 @click.pass_obj
-def export(obj, directory, target):
+def export(obj, directory, target, sign_key):
     """Stage 3: target artifacts, manifest, latency and reports."""
     _known_target(target)
     from pipeline.report import summary_table
     from pipeline.run import export
 
-    report = export(Path(directory), obj["console"], target)
+    key = load_sign_key(sign_key)
+    parent, version = lineage_of(Path(directory))
+    report = export(Path(directory), obj["console"], target, parent=parent, version=version)
     obj["console"].out.print(summary_table(report))
+    sign_output(Path(directory), key, obj["console"])
 
 
 @cli.command(context_settings=CONTEXT)
@@ -222,9 +232,11 @@ def export(obj, directory, target):
 @click.option("--runs", type=int, default=None, help="Timed runs per model")
 @click.option("--duration", type=float, default=None, help="Seconds per model instead of a run count")
 @click.option("--warmup", type=int, default=10)
+@trust_option
 @click.pass_obj
-def benchmark(obj, bundle, batch, threads, runs, duration, warmup):
+def benchmark(obj, bundle, batch, threads, runs, duration, warmup, trust):
     """Latency of a bundle's models on this machine; saved into report.json."""
+    require_trusted(bundle, trust)
     from pipeline.benchmarking import benchmark_bundle
 
     if runs is not None and runs <= 0:
@@ -241,9 +253,11 @@ def benchmark(obj, bundle, batch, threads, runs, duration, warmup):
 @cli.command("build-engine", context_settings=CONTEXT)
 @click.argument("bundle", type=click.Path())
 @click.option("--profile", type=str, default=None, help="Device profile: orin-nano, orin-nx, agx-orin, agx-orin-dla")
+@trust_option
 @click.pass_obj
-def build_engine(obj, bundle, profile):
+def build_engine(obj, bundle, profile, trust):
     """On a machine with TensorRT (a Jetson): build the engine and measure it."""
+    require_trusted(bundle, trust)
     from targets.registry import get_target
 
     manifest = verify_bundle(bundle)  # a tampered bundle is refused before anything in it is used
@@ -264,15 +278,19 @@ def build_engine(obj, bundle, profile):
 @click.argument("bundle", type=click.Path())
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="New bundle (default: BUNDLE-update-<timestamp>)")
 @click.option("--force", is_flag=True, help="Overwrite --out if it holds another run.")
+@trust_option
+@sign_key_option
 @config_options
 @click.pass_obj
-def update(obj, bundle, out, force, **kw):
+def update(obj, bundle, out, force, trust, sign_key, **kw):
     """On-device update: distill toward a new teacher with replay from the bundle's VAE; no stored data."""
     from pipeline.report import summary_table
     from pipeline.update import default_update_out, update_bundle
 
     if not kw.get("config_path"):
         raise UsageError("update needs --config NEW.toml naming the new teacher")
+    require_trusted(bundle, trust)
+    key = load_sign_key(sign_key)
     cfg = build_config(None, **kw)
     bundle = Path(bundle)
     out = Path(out) if out else default_update_out(bundle)
@@ -281,6 +299,7 @@ def update(obj, bundle, out, force, **kw):
     report = update_bundle(bundle, cfg, out, obj["console"], force=force)
     obj["console"].out.print(summary_table(report))
     obj["console"].out.print(f"updated bundle: {out} (parent {report['parent'][:12]})")
+    sign_output(out, key, obj["console"])
 
 
 @cli.command(context_settings=CONTEXT)
@@ -343,6 +362,10 @@ def doctor(obj):
     ok, msg = tensorrt_status()
     lines.append(f"tensorrt: {'available' if ok else 'not available'} ({msg})")
     obj["console"].out.print("\n".join(lines), markup=False)
+
+
+for _command in COMMANDS:
+    cli.add_command(_command)
 
 
 def _one_line(message: str) -> str:

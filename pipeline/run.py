@@ -37,11 +37,11 @@ def quantize(out: Path, console: Console, target: str | None = None) -> dict:
 
 
 def export(out: Path, console: Console, target: str | None = None, parent: str | None = None,
-           benchmark_runs: int | None = None) -> dict:
+           benchmark_runs: int | None = None, version: int = 1) -> dict:
     """Stage 3 on a quantized directory: the bundle, then its reports."""
     _, cfg = _stored(out, "quantize")
     chosen = get_target(target or cfg.target)
-    report = stage_export(cfg, out, console, chosen, parent, benchmark_runs)
+    report = stage_export(cfg, out, console, chosen, parent, benchmark_runs, version)
     write_reports(out, report)
     run = wd.read_run(out)
     run["stages"]["export"] = {"target": chosen.name, "manifest": MANIFEST}

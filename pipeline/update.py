@@ -60,4 +60,4 @@ def update_bundle(bundle: Path, cfg: RunConfig, out: Path, console: Console, for
     stage_distill(cfg, out, False, console, memory_factory=memory_factory,
                   student_from=(student_spec, bundle / student_art.path))
     quantize(out, console, manifest.target)
-    return export(out, console, manifest.target, parent=parent_sha)
+    return export(out, console, manifest.target, parent=parent_sha, version=manifest.version + 1)

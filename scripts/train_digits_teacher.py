@@ -1,6 +1,6 @@
 """Train the embedded digits teacher reproducibly and save it as safetensors.
 
-    python scripts/train_digits_teacher.py [--out pipeline/assets/digits_teacher.safetensors]
+    python scripts/train_digits_teacher.py [--out core/assets/digits_teacher.safetensors]
 
 Uses only the training split of the contract (see pipeline/tasks/digits.py); prints test accuracy.
 """

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from core import __version__
 from core import workdir as wd
-from core.bundle import Manifest, write_manifest
+from core.bundle import Manifest
+from core.seal import seal_manifest
 from core.device import set_up
 from core.errors import UsageError
 from core.evaluation import eval_set, onnx_accuracy, torch_accuracy
@@ -26,7 +27,7 @@ BASE_ROLES = [(wd.STUDENT, "student-checkpoint"), (wd.STUDENT_SPEC, "student-spe
 
 
 def stage_export(cfg, out: Path, console: Console, target: Target, parent: str | None = None,
-                 benchmark_runs: int | None = None) -> dict:
+                 benchmark_runs: int | None = None, version: int = 1) -> dict:
     """Stage 3 with the run's stored config `cfg` for `target`; returns the report's content."""
     run = wd.read_run(out)
     if run["stages"]["quantize"]["scheme"] != target.scheme:
@@ -38,7 +39,7 @@ def stage_export(cfg, out: Path, console: Console, target: Target, parent: str |
     findings = target.check(ctx)
     for f in findings:
         console.warn(f"check: [{f.rule}] {f.op_type} {f.node}: {f.message}")
-    manifest = _write_manifest(out, spec, target, target.export(ctx), parent)
+    manifest = _write_manifest(out, spec, target, target.export(ctx), parent, version)
 
     runs = benchmark_runs or cfg.export.benchmark_runs
     console.info(f"export: measuring latency on this host ({runs} runs per model)")
@@ -59,19 +60,19 @@ def stage_export(cfg, out: Path, console: Console, target: Target, parent: str |
     return report
 
 
-def _write_manifest(out: Path, spec: dict, target: Target, exported, parent: str | None) -> Manifest:
+def _write_manifest(out: Path, spec: dict, target: Target, exported, parent: str | None, version: int) -> Manifest:
     manifest = Manifest(
         target=target.name,
         input={"name": "input", "shape": ["batch", *spec["input_shape"]], "dtype": "float32",
                "scale": spec["scale"], "mean": spec["mean"], "std": spec["std"]},
-        num_classes=spec["num_classes"], classes=spec["classes"], parent=parent,
+        num_classes=spec["num_classes"], classes=spec["classes"], parent=parent, version=version,
     )
     for name, role in BASE_ROLES:
         if (out / name).is_file():
             manifest.add(out, out / name, role)
     for art in exported:
         manifest.add(out, art.path, art.role)
-    write_manifest(out, manifest)
+    seal_manifest(out, manifest)  # with the health probes an install checks the deployed model against
     return manifest
 
 
