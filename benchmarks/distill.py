@@ -1,234 +1,189 @@
-"""Side-by-side benchmark of the distillation stage: replay modes x seeds (x tasks) in one invocation.
+"""Distillation across the teacher zoo, through the product itself: every run is `pipeline run` on a config
+file, as a user with their own teacher would write it, at the preset given (the default unless --preset).
 
-    python benchmarks/distill.py --task digits --modes vae,memory,none --seeds 0,1
-    python benchmarks/distill.py --task mnist --mnist ../shared/data/mnist10k.npz
-    python benchmarks/distill.py --task digits --scenario forgetting
+    python benchmarks/distill.py --teachers bn_cnn,lenet5 --seeds 0,1
+    python benchmarks/distill.py --teachers all --synthesizers adversarial,meta,conditional --replay vae,none
+    python benchmarks/distill.py --teachers digits_cnn --set distill.iterations=400
 
-Prints one table (one row per task x mode x seed) and a summary over seeds. Accuracy is measured on real
-held-out data only for reporting; distillation itself never sees it. The history's second half gives the
-robustness measures: expected accuracy (mean), variance and the largest drop between consecutive evaluations.
-
-Scenarios:
-  standard    the preset as is.
-  forgetting  a setting where catastrophic forgetting shows without replay: the generator loses its class-balance
-              term (so each phase covers few classes), the student learns with a constant, high learning rate
-              (Adam 1e-2, no cosine decay), and the student is smaller (digits: ~1/10 of the teacher's parameters;
-              MNIST: LeNet-5-quarter).
-  drift       forgetting, with a generator learning rate ten times higher, so its distribution moves faster
-              between phases.
-  phases      the generator is steered through class groups ({0,5}, {1,6}, ... for 10 classes, each for a
-              tenth of the run, the cycle run twice: `distill.class_phases=5`): the synthetic stream leaves
-              whole classes behind for long stretches, the setting replay is meant for.
-  class-by-class
-              the generator is steered to one class at a time (10 phases of 30 iterations, run twice), and the
-              student has nothing that steadies it beyond the paper's loop: no weight average, no input noise, a
-              constant learning rate of 1e-2 (Adam), ~1/10 of the teacher's size (MNIST: LeNet-5-quarter).
-              `--set distill.class_phases=5` gives two classes at a time.
+Each run's teacher is trained by benchmarks/zoo.py (cached); its real test split is handed to the run as
+`[eval] data` and used for the report only. Per run: the teacher's, the FP32 and the INT8 student's test
+accuracy, INT8 / teacher, the final probe agreement (the only quality figure a user without data has),
+why distillation stopped, its estimated and actual time. Across runs: the worst INT8 / teacher ratio per
+setting, and how well probe agreement predicts real accuracy (the correlation over every evaluation of every
+run). Writes benchmarks/results/distill.json (tables) and benchmarks/results/distill.png (accuracy over time).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import numpy as np
+import torch
 
-import torch  # noqa: E402
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
 
-# The scenarios keep the run length and the plain KD batch their tables in benchmarks/README.md were measured
-# with (the default preset before it took the attacked KD batch and fewer iterations).
-MEASURED_WITH = {"distill.iterations": 600, "distill.input_attack": 0.0}
-# A small student learning fast at a constant rate: what forgets when its stream moves.
-HASTY_STUDENT = {**MEASURED_WITH, "distill.cosine_schedule": False, "distill.lr_student": 0.01, "student.ratio": 0.1}
-FORGETTING = {**HASTY_STUDENT, "distill.w_balance": 0.0}
-PHASES = {**MEASURED_WITH, "distill.class_phases": 5, "distill.phase_cycles": 2}
-SCENARIOS = {
-    "standard": {},
-    "forgetting": FORGETTING,
-    "drift": {**FORGETTING, "distill.lr_generator": 0.01},
-    "phases": PHASES,
-    # One class at a time, and a student without the steadying the default adds to the paper's loop.
-    "class-by-class": {**HASTY_STUDENT, **PHASES, "distill.class_phases": 10, "distill.ema_decay": 0.0,
-                       "distill.input_noise": 0.0},
-}
+import results  # noqa: E402
+import zoo  # noqa: E402
+
+WORK = HERE / ".cache" / "distill-runs"
+
+TEACHER_FILE = '''import sys
+sys.path.insert(0, {bench!r})
+from zoo import ZOO
 
 
-def _value(text: str):
-    low = text.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
+def build():
+    return ZOO[{name!r}].builder()
+'''
 
 
-def _parse_sets(items: list[str]) -> dict:
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise SystemExit(f"--set takes key=value, got {item!r}")
-        key, value = item.split("=", 1)
-        out[key.strip()] = _value(value.strip())
+def write_config(name: str, folder: Path) -> Path:
+    """A user's folder for one zoo teacher: model code, weights, the test split and the config naming them."""
+    from safetensors.torch import save_file
+
+    entry = zoo.ZOO[name]
+    teacher, _ = entry.train()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "teacher.py").write_text(TEACHER_FILE.format(bench=str(HERE), name=name))
+    save_file({k: v.contiguous() for k, v in teacher.state_dict().items()}, str(folder / "teacher.safetensors"))
+    x, y = entry.test_set()
+    raw = (x * entry.std + entry.mean) / entry.scale  # the raw values the config's scale/mean/std normalise
+    np.savez(folder / "test.npz", x=raw.numpy().astype(np.float32), y=y.numpy())
+    cfg = folder / "teacher.toml"
+    cfg.write_text(f'[teacher]\nfactory = "teacher.py:build"\nweights = "teacher.safetensors"\n'
+                   f"input_shape = {list(entry.input_shape)}\nnum_classes = {entry.num_classes}\n"
+                   f"scale = {entry.scale!r}\nmean = [{entry.mean!r}]\nstd = [{entry.std!r}]\n"
+                   f'[eval]\ndata = "test.npz"\n')
+    return cfg
+
+
+def run_one(cfg: Path, out: Path, preset: str, seed: int, synthesizer: str, replay: str, sets: list[str],
+            budget: float | None) -> dict:
+    args = [sys.executable, "-m", "pipeline.cli", "--quiet", "run", "--target", "mobile", "--config", str(cfg),
+            "--out", str(out), "--force", "--preset", preset, "--seed", str(seed), "--threads", "1",
+            "--device", "cpu", "--replay", replay, "--set", f'distill.synthesizer="{synthesizer}"']
+    if budget:
+        args += ["--time-budget", str(budget)]
+    for s in sets:
+        args += ["--set", s]
+    t0 = time.perf_counter()
+    r = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    wall = time.perf_counter() - t0
+    if r.returncode != 0:
+        return {"error": (r.stderr.strip().splitlines() or ["failed"])[-1], "wall_s": wall}
+    report = json.loads((out / "report.json").read_text())
+    return {**report, "wall_s": wall}
+
+
+def row_of(name: str, synthesizer: str, replay: str, seed: int, rep: dict) -> list:
+    if "error" in rep:
+        return [name, synthesizer, replay, seed, None, None, None, None, None, rep["error"][:60], None, None,
+                round(rep["wall_s"])]
+    acc, dist = rep["accuracy"], rep["distillation"]
+    ratio = acc["student_int8"] / acc["teacher"]
+    return [name, synthesizer, replay, seed, _pct(acc["teacher"]), _pct(acc["student_fp32"]), _pct(acc["student_int8"]),
+            round(ratio, 4), round(dist["history"][-1]["agreement"], 4), dist.get("stopped_by"),
+            (dist.get("estimate") or {}).get("estimated_s"), round(dist["wall_s"]), round(rep["wall_s"])]
+
+
+def _pct(v: float) -> float:
+    return round(100 * v, 2)
+
+
+def worst_ratios(rows: list[list]) -> list[list]:
+    """Per setting (synthesizer, replay): the worst and mean INT8 / teacher ratio over every teacher and seed."""
+    by: dict[tuple, list] = {}
+    for r in rows:
+        by.setdefault((r[1], r[2]), []).append(r[7] if r[7] is not None else 0.0)
+    return [[s, rp, min(v), round(statistics.mean(v), 4), len(v)] for (s, rp), v in sorted(by.items())]
+
+
+def agreement_vs_accuracy(reports: list[dict]) -> list[list]:
+    """Pearson correlation of probe agreement with real accuracy over every evaluation, per teacher and in all."""
+    pairs: dict[str, list] = {}
+    for rep in reports:
+        for h in rep.get("distillation", {}).get("history", []):
+            if h.get("accuracy") is not None:
+                pairs.setdefault(rep["_teacher"], []).append((h["agreement"], h["accuracy"]))
+    pairs["all"] = [p for name, v in pairs.items() for p in v]
+    out = []
+    for name, v in pairs.items():
+        if len(v) >= 3:
+            a, b = np.array(v).T
+            r = float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else math.nan
+            out.append([name, len(v), round(r, 3), round(float(np.mean(b - a)), 4)])
     return out
 
 
-def load_task(name: str, cfg, mnist_path: Path, scenario: str, device: torch.device):
-    """(teacher, student, shape, evaluate, teacher_accuracy), models and test split on `device`."""
-    from stages.distill.networks import build_student, param_count, student_spec
+def plot(reports: list[dict], path: Path) -> None:
+    import matplotlib
 
-    if name == "digits":
-        from core.tasks import digits
-        from core.teacher import load_teacher
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
-        teacher, spec = load_teacher(cfg)
-        xt, yt = digits.test_set()
-        student = build_student(student_spec(spec.input_shape, spec.num_classes, param_count(teacher), cfg.student.ratio))
-        shape = tuple(spec.input_shape)
-    else:
-        import mnist
-
-        teacher, _ = mnist.teacher(mnist_path)
-        _, xt, _, yt = mnist.load_split(mnist_path)
-        # MNIST's students are fixed LeNets: a scenario that shrinks the student gets the quarter-width one.
-        student = mnist.lenet5_quarter() if "student.ratio" in SCENARIOS[scenario] else mnist.lenet5_half()
-        shape = mnist.INPUT_SHAPE
-    teacher, student, xt, yt = teacher.to(device), student.to(device), xt.to(device), yt.to(device)
-
-    @torch.no_grad()
-    def evaluate(model):
-        was = model.training
-        model.eval()
-        hits = sum((model(xt[i:i + 1000]).argmax(1) == yt[i:i + 1000]).sum().item() for i in range(0, len(xt), 1000))
-        model.train(was)
-        return hits / len(xt)
-
-    return teacher.eval(), student, shape, evaluate, evaluate(teacher)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for rep in reports:
+        hist = [h for h in rep.get("distillation", {}).get("history", []) if h.get("accuracy") is not None]
+        if hist:
+            ax.plot([h["elapsed_s"] for h in hist], [h["accuracy"] for h in hist], marker=".",
+                    label=f"{rep['_teacher']} {rep['_setting']}")
+    ax.set(xlabel="distillation seconds (one CPU thread)", ylabel="student accuracy on the real test split",
+           ylim=(0, 1.01), title="Accuracy against wall-clock time")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
 
 
-def run_one(task: str, mode: str, seed: int, preset: str, sets: dict, mnist_path: Path, scenario: str, out: Path,
-            verbose: bool = False, device: torch.device = torch.device("cpu")) -> dict:
-    from pipeline.config import load_config
-    from stages.distill.engine import distill, expected_accuracy, largest_drop
-
-    overrides = {"preset": preset, **SCENARIOS[scenario], **sets, "distill.replay": mode}
-    cfg = load_config(overrides=overrides)
-    torch.manual_seed(seed)
-    teacher, student, shape, evaluate, teacher_acc = load_task(task, cfg, mnist_path, scenario, device)
-    run_dir = out / f"{task}-{scenario}-{mode}-s{seed}"
-
-    def progress(step, row):
-        if verbose and row and row["step"] == step:
-            print(f"    {task}/{mode}/seed {seed} step {step}: accuracy {row['accuracy']:.4f} agreement {row['agreement']:.3f} "
-                  f"({row['elapsed_s']:.1f} s)", file=sys.stderr, flush=True)
-
-    res = distill(cfg.distill, teacher, student, shape, run_dir, device, seed=seed, evaluate=evaluate,
-                  progress=progress)
-    if mode == "vae" and scenario == "standard" and not sets and device.type == "cpu":
-        # The same student the quantize benchmark would distil (same preset, seed, settings): leave it there.
-        from quantize import distilled_path, save_distilled
-
-        save_distilled(distilled_path(task, cfg, seed, res.student), res.student, res.generator, res.memory.vae)
-    accs = [r["accuracy"] for r in res.history if r["accuracy"] is not None]
-    second = accs[len(accs) // 2:]
-    final = evaluate(res.student)
-    return {
-        "task": task, "scenario": scenario, "mode": mode, "seed": seed, "teacher": teacher_acc, "final": final,
-        "peak": max(accs), "expected": expected_accuracy(res.history),
-        "variance": statistics.pvariance(second) if len(second) > 1 else 0.0,
-        "largest_drop": largest_drop(res.history), "wall_s": res.wall_s, "it_per_s": res.iterations / res.wall_s,
-        "memory_bytes": res.memory.nbytes(), "iterations": res.iterations, "history": res.history,
-    }
-
-
-def table(rows: list[dict]) -> str:
-    head = ("| task | mode | seed | final | peak | expected | variance | largest drop | wall s | it/s | replay bytes | final/teacher |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|---|")
-    lines = [head]
-    for r in rows:
-        lines.append(f"| {r['task']}{'' if r['scenario'] == 'standard' else ' (' + r['scenario'] + ')'} | {r['mode']} | {r['seed']} "
-                     f"| {r['final']:.4f} | {r['peak']:.4f} | {r['expected']:.4f} | {r['variance']:.2e} | {r['largest_drop']:.4f} "
-                     f"| {r['wall_s']:.0f} | {r['it_per_s']:.2f} | {r['memory_bytes']:,} | {r['final'] / r['teacher']:.4f} |")
-    return "\n".join(lines)
-
-
-def summary(rows: list[dict]) -> str:
-    def ms(vals, fmt):
-        if len(vals) < 2:
-            return format(vals[0], fmt)
-        return f"{format(statistics.mean(vals), fmt)} ± {format(statistics.stdev(vals), fmt)}"
-
-    lines = ["| task | mode | seeds | final | expected | variance | largest drop | wall s | final/teacher |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        groups.setdefault((r["task"], r["scenario"], r["mode"]), []).append(r)
-    for (task, scenario, mode), rs in groups.items():
-        name = task if scenario == "standard" else f"{task} ({scenario})"
-        lines.append(f"| {name} | {mode} | {len(rs)} | {ms([r['final'] for r in rs], '.4f')} | {ms([r['expected'] for r in rs], '.4f')} "
-                     f"| {ms([r['variance'] for r in rs], '.2e')} | {ms([r['largest_drop'] for r in rs], '.4f')} "
-                     f"| {ms([r['wall_s'] for r in rs], '.0f')} | {ms([r['final'] / r['teacher'] for r in rs], '.4f')} |")
-    return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--task", choices=("digits", "mnist", "both"), default="digits")
-    ap.add_argument("--modes", default="vae,memory,none", help="comma-separated replay modes")
-    ap.add_argument("--seeds", default="0,1", help="comma-separated seeds")
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--teachers", default="bn_cnn,lenet5,digits_cnn", help=f"comma list or 'all': {', '.join(zoo.ZOO)}")
+    ap.add_argument("--synthesizers", default="adversarial")
+    ap.add_argument("--replay", default="vae")
+    ap.add_argument("--seeds", default="0")
     ap.add_argument("--preset", default="default")
-    ap.add_argument("--scenario", choices=tuple(SCENARIOS), default="standard")
-    ap.add_argument("--mnist", type=Path, default=ROOT.parent / "shared" / "data" / "mnist10k.npz")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, e.g. distill.lr_student=0.001")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: the same runs on the first GPU")
-    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / ".cache" / "distill-runs")
-    ap.add_argument("--quiet", action="store_true", help="no per-evaluation progress lines on stderr")
-    ap.add_argument("--json", type=Path, default=None, help="also write all rows (with histories) here")
-    args = ap.parse_args(argv)
+    ap.add_argument("--time-budget", type=float, default=None, help="seconds of distillation per run")
+    ap.add_argument("--set", dest="sets", action="append", default=[], help="any config key, as for pipeline run")
+    ap.add_argument("--name", default="distill", help="results file name under benchmarks/results/")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    names = list(zoo.ZOO) if args.teachers == "all" else args.teachers.split(",")
+    rows, reports = [], []
+    for name in names:
+        cfg = write_config(name, WORK / name / "config")
+        for synthesizer in args.synthesizers.split(","):
+            for replay in args.replay.split(","):
+                for seed in (int(s) for s in args.seeds.split(",")):
+                    out = WORK / name / f"{synthesizer}-{replay}-{seed}"
+                    rep = run_one(cfg, out, args.preset, seed, synthesizer, replay, args.sets, args.time_budget)
+                    rows.append(row_of(name, synthesizer, replay, seed, rep))
+                    reports.append({**rep, "_teacher": name, "_setting": f"{synthesizer}/{replay}/{seed}"})
+                    print(results.markdown(results.table("run", COLUMNS, [rows[-1]])), flush=True)
+    tables = [results.table("Runs", COLUMNS, rows),
+              results.table("Worst and mean INT8 / teacher per setting",
+                            ["synthesizer", "replay", "worst", "mean", "runs"], worst_ratios(rows)),
+              results.table("Probe agreement as a predictor of real accuracy (every evaluation)",
+                            ["teacher", "evaluations", "pearson r", "mean accuracy - agreement"],
+                            agreement_vs_accuracy(reports))]
+    settings = {"preset": args.preset, "time_budget": args.time_budget, "sets": args.sets}
+    doc = results.write(args.name, tables, results.command_line(__file__), settings)
+    plot(reports, results.RESULTS / f"{args.name}.png")
+    results.show(doc)
 
-    torch.set_num_threads(args.threads)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA GPU is visible to torch here")
-    device = torch.device(args.device)
-    tasks = ["digits", "mnist"] if args.task == "both" else [args.task]
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    sets = _parse_sets(args.set)
-    if "mnist" in tasks:
-        import mnist
 
-        t0 = time.perf_counter()
-        _, acc = mnist.teacher(args.mnist)
-        print(f"MNIST LeNet-5 teacher: test accuracy {acc:.4f} ({time.perf_counter() - t0:.0f} s incl. training if not cached)", flush=True)
-    rows = []
-    for task in tasks:
-        for mode in modes:
-            for seed in seeds:
-                r = run_one(task, mode, seed, args.preset, sets, args.mnist, args.scenario, args.out,
-                            verbose=not args.quiet, device=device)
-                print(f"  done {task}/{mode}/seed {seed}: final {r['final']:.4f} expected {r['expected']:.4f} "
-                      f"({r['wall_s']:.0f} s)", flush=True)
-                rows.append(r)
-    print()
-    print(table(rows))
-    print()
-    print("Summary over seeds (mean ± std):")
-    print()
-    print(summary(rows))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(rows, indent=1))
-    return 0
+COLUMNS = ["teacher", "synthesizer", "replay", "seed", "teacher %", "FP32 %", "INT8 %", "INT8 / teacher",
+           "probe agreement", "stopped by", "estimated s", "distill s", "total s"]
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    main()

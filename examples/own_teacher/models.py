@@ -1,5 +1,6 @@
 """Your model code: the pipeline imports this file and calls a factory to build an empty teacher,
-then loads the trained weights into it. Teachers return logits only."""
+then loads the trained weights into it. These teachers return logits; a model that returns more names
+its logits with `output` in [teacher]."""
 
 from torch import nn
 
