@@ -5,6 +5,11 @@ Report schema (every section is optional; a report with only some keys still ren
     {
       "target": "jetson" | "mobile",
       "created": "2025-01-01T00:00:00+00:00",
+      "deploy": {                         # the opening section (stages.export.decision)
+        "model": str, "precision": "int8" | "fp32", "reason": str, "p50_ms": float | null,
+        "other_p50_ms": float | null, "measured_on": str | null, "bytes": int | null,
+        "accuracy": float | null, "teacher_accuracy": float | null, "probe_agreement": float | null
+      },
       "accuracy": {                       # fractions 0..1; null = not evaluated
         "teacher": float | null, "student_fp32": float | null, "student_int8": float | null,
         "evaluated_on": str | null        # e.g. "digits test split (360 images)"
@@ -151,11 +156,40 @@ class Section:
     note: str | None = None
 
 
+def _deploy_accuracy(d: dict) -> str:
+    """Accuracy against the teacher when evaluated, else agreement with the teacher on synthetic probes."""
+    if _num(d.get("accuracy")):
+        teacher = f"; teacher {_pct(d['teacher_accuracy'])}" if _num(d.get("teacher_accuracy")) else ""
+        on = f" on {d['evaluated_on']}" if d.get("evaluated_on") else ""
+        return f"{_pct(d['accuracy'])}{on}{teacher}"
+    if _num(d.get("probe_agreement")):
+        return f"no evaluation data; agrees with the teacher on {_pct(d['probe_agreement'])} of synthetic probes"
+    return "not evaluated"
+
+
+def _deploy_latency(d: dict) -> str:
+    if not _num(d.get("p50_ms")):
+        return "not measured"
+    other = "FP32" if d.get("precision") == "int8" else "INT8"
+    vs = f" ({other}: {d['other_p50_ms']:.3f} ms)" if _num(d.get("other_p50_ms")) else ""
+    return f"p50 {d['p50_ms']:.3f} ms at batch 1{vs}, {d.get('measured_on') or 'this host'}"
+
+
+def deploy_section(report: dict) -> Section | None:
+    """The report's opening: the model to deploy, how good, how big and fast on the host, and why."""
+    d = _dict(report, "deploy")
+    rows = []
+    if d is not None:
+        rows += [["Deploy", f"{d.get('model', '—')} ({str(d.get('precision', '?')).upper()})"],
+                 ["Accuracy", _deploy_accuracy(d)], ["Size", _bytes(d.get("bytes"))],
+                 ["Host latency", _deploy_latency(d)], ["Why", str(d.get("reason", "—"))]]
+    rows += [[k.capitalize(), str(report[k])] for k in ("target", "created") if report.get(k) is not None]
+    return Section("Deploy" if d is not None else "Summary", ["Field", "Value"], rows) if rows else None
+
+
 def sections(report: dict) -> list[Section]:
-    out = []
-    summary = [[k.capitalize(), str(report[k])] for k in ("target", "created") if report.get(k) is not None]
-    if summary:
-        out.append(Section("Summary", ["Field", "Value"], summary))
+    first = deploy_section(report)
+    out = [first] if first else []
 
     acc = _dict(report, "accuracy")
     if acc is not None:
@@ -389,6 +423,9 @@ def summary_table(report: dict) -> Table:
     t = Table(title="Summary", show_header=False)
     t.add_column("Field")
     t.add_column("Value")
+    d = _dict(report, "deploy")
+    if d is not None:
+        t.add_row("Deploy", f"{d.get('model', '—')} ({str(d.get('precision', '?')).upper()}): {d.get('reason', '')}")
     for k in ("target", "created"):
         if report.get(k) is not None:
             t.add_row(k.capitalize(), str(report[k]))

@@ -18,6 +18,10 @@ def _report() -> dict:
     return {
         "target": "mobile",
         "created": "2025-06-01T12:00:00+00:00",
+        "deploy": {"model": "student-fp32.onnx", "role": "student-fp32-onnx", "precision": "fp32",
+                   "reason": "INT8 is slower than FP32 here", "p50_ms": 0.41, "other_p50_ms": 0.21,
+                   "measured_on": "host: h, cpu", "bytes": 400_000, "accuracy": 0.9611, "teacher_accuracy": 0.975,
+                   "evaluated_on": "digits", "probe_agreement": 0.9},
         "accuracy": {"teacher": 0.975, "student_fp32": 0.9611, "student_int8": None, "evaluated_on": "digits test split (360 images)"},
         "distillation": {
             "history": [{"step": s, "agreement": 0.1 + 0.008 * s, "accuracy": (0.05 + 0.009 * s) if s % 25 == 0 else None} for s in range(0, 101, 5)],
@@ -84,6 +88,23 @@ def test_json_is_input_minus_samples(tmp_path):
 def test_nan_becomes_null():
     out = strip_samples({"accuracy": {"teacher": float("nan")}, "latency": [{"p50_ms": 1.0, "samples_ms": [1.0]}]})
     assert out == {"accuracy": {"teacher": None}, "latency": [{"p50_ms": 1.0}]}
+
+
+def test_report_opens_with_the_deploy_decision(tmp_path):
+    report = _report()
+    write_reports(tmp_path, report)
+    md = (tmp_path / "report.md").read_text()
+    assert md.split("## ")[1].startswith("Deploy\n")
+    opening = md.split("## ")[1]
+    for row in ("| Deploy | student-fp32.onnx (FP32) |", "| Accuracy | 96.11% on digits; teacher 97.50% |",
+                "| Size | 390.62 KB |", "| Host latency | p50 0.410 ms at batch 1 (INT8: 0.210 ms), host: h, cpu |",
+                "| Why | INT8 is slower than FP32 here |"):
+        assert row in opening, row
+    report["deploy"].update(accuracy=None, teacher_accuracy=None)
+    write_reports(tmp_path, report)
+    assert "agrees with the teacher on 90.00% of synthetic probes" in (tmp_path / "report.md").read_text()
+    summary = _render(summary_table(report))
+    assert "student-fp32.onnx (FP32): INT8 is slower than FP32 here" in summary
 
 
 def test_markdown_tables(tmp_path):
