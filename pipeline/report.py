@@ -21,6 +21,9 @@ Report schema (every section is optional; a report with only some keys still ren
       },
       "quantization": {
         "calibration_source": str, "num_quantizers": int, "int8_fp32_agreement": float 0..1,
+        "sensitivity": {"ranking": [{"layer": str, "agreement": float, "drop_points": float, "kl": float}, ...],
+                        "max_drop": float | null, "kept_float": [str, ...],
+                        "estimated_drop_points": float | null, "measured_drop_points": float},
         ...                               # any other keys are shown as they are
       },
       "latency": [row, ...],              # rows from targets.runners.measure_onnx; a row may carry
@@ -180,11 +183,42 @@ def deploy_section(report: dict) -> Section | None:
     d = _dict(report, "deploy")
     rows = []
     if d is not None:
-        rows += [["Deploy", f"{d.get('model', '—')} ({str(d.get('precision', '?')).upper()})"],
+        rows += [["Model", f"{d.get('model', '—')} ({str(d.get('precision', '?')).upper()})"],
                  ["Accuracy", _deploy_accuracy(d)], ["Size", _bytes(d.get("bytes"))],
                  ["Host latency", _deploy_latency(d)], ["Why", str(d.get("reason", "—"))]]
     rows += [[k.capitalize(), str(report[k])] for k in ("target", "created") if report.get(k) is not None]
     return Section("Deploy" if d is not None else "Summary", ["Field", "Value"], rows) if rows else None
+
+
+SENSITIVITY_ROWS = 10
+
+
+def _drop_note(sens: dict, probes) -> str:
+    where = f"{probes} synthetic probes" if _num(probes) else "synthetic probes"
+    note = f"Each layer alone in INT8, the rest in float, on {where}; most sensitive first."
+    if sens.get("max_drop") is None:
+        return note + " Every layer is quantized (no quantize.max_drop)."
+    kept = sens.get("kept_float") or []
+    return (f"{note} quantize.max_drop {_f(sens['max_drop'])} points: {len(kept)} layer(s) kept in float; "
+            f"estimated drop {_f(sens.get('estimated_drop_points'))} points, measured after fine-tuning "
+            f"{_f(sens.get('measured_drop_points'))} points (top-1 agreement with the FP32 student).")
+
+
+def sensitivity_section(quant: dict) -> Section | None:
+    """The layers ranked by how far INT8 moves the student's output when each alone is quantized."""
+    sens = quant.get("sensitivity")
+    if not isinstance(sens, dict):
+        return None
+    ranking = _rows(sens.get("ranking"))
+    kept = set(sens.get("kept_float") or [])
+    rows = [[str(i + 1), str(r.get("layer", "—")), _pct(r.get("agreement")), _f(r.get("drop_points")),
+             _f(r.get("kl"), 5), "float" if r.get("layer") in kept else "INT8"]
+            for i, r in enumerate(ranking[:SENSITIVITY_ROWS])]
+    note = _drop_note(sens, quant.get("probe_samples"))
+    if len(ranking) > SENSITIVITY_ROWS:
+        note += f" The {SENSITIVITY_ROWS} most sensitive of {len(ranking)} layers are shown."
+    return Section("Layer sensitivity", ["Rank", "Layer", "Agreement with FP32", "Drop (points)", "KL", "Ships as"],
+                   rows, note=note)
 
 
 def sections(report: dict) -> list[Section]:
@@ -215,8 +249,12 @@ def sections(report: dict) -> list[Section]:
             if k in quant:
                 v = quant[k]
                 rows.append([label, _pct(v) if k in _QUANT_PCT else _compact(v)])
-        rows += [[k.replace("_", " "), _compact(v)] for k, v in quant.items() if k not in _QUANT_LABELS]
+        rows += [[k.replace("_", " "), _compact(v)] for k, v in quant.items()
+                 if k not in _QUANT_LABELS and k != "sensitivity"]
         out.append(Section("Quantization", ["Field", "Value"], rows))
+        sens = sensitivity_section(quant)
+        if sens:
+            out.append(sens)
 
     lat = _rows(report.get("latency"))
     if lat:

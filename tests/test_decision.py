@@ -61,5 +61,5 @@ def test_bundle_manifest_and_report_open_with_the_decision(fixture, request):
     first_section = md[md.index("## Deploy") + 1: md.index("## Deploy") + 12]
     assert md.index("## Deploy") == min(i for i, line in enumerate(md) if line.startswith("## "))
     text = "\n".join(first_section)
-    assert f"| Deploy | {deploy['model']}" in text and "| Why |" in text and "| Host latency | p50" in text
+    assert f"| Model | {deploy['model']}" in text and "| Why |" in text and "| Host latency | p50" in text
     assert "teacher" in text  # accuracy against the teacher (the smoke bundles are evaluated on digits)

@@ -96,7 +96,7 @@ def test_report_opens_with_the_deploy_decision(tmp_path):
     md = (tmp_path / "report.md").read_text()
     assert md.split("## ")[1].startswith("Deploy\n")
     opening = md.split("## ")[1]
-    for row in ("| Deploy | student-fp32.onnx (FP32) |", "| Accuracy | 96.11% on digits; teacher 97.50% |",
+    for row in ("| Model | student-fp32.onnx (FP32) |", "| Accuracy | 96.11% on digits; teacher 97.50% |",
                 "| Size | 390.62 KB |", "| Host latency | p50 0.410 ms at batch 1 (INT8: 0.210 ms), host: h, cpu |",
                 "| Why | INT8 is slower than FP32 here |"):
         assert row in opening, row
@@ -105,6 +105,22 @@ def test_report_opens_with_the_deploy_decision(tmp_path):
     assert "agrees with the teacher on 90.00% of synthetic probes" in (tmp_path / "report.md").read_text()
     summary = _render(summary_table(report))
     assert "student-fp32.onnx (FP32): INT8 is slower than FP32 here" in summary
+
+
+def test_sensitivity_section_shows_the_ranking_and_what_stays_in_float(tmp_path):
+    report = _report()
+    ranking = [{"layer": f"layer{i}", "agreement": 0.5 + 0.04 * i, "drop_points": 50 - 4 * i, "kl": 0.1 / (i + 1)}
+               for i in range(12)]
+    report["quantization"]["sensitivity"] = {"ranking": ranking, "max_drop": 1.0, "kept_float": ["layer0"],
+                                             "estimated_drop_points": 0.8, "measured_drop_points": 1.25}
+    write_reports(tmp_path, report)
+    md = (tmp_path / "report.md").read_text()
+    section = md.split("## Layer sensitivity")[1].split("## ")[0]
+    assert "| 1 | layer0 | 50.00% | 50.00 | 0.10000 | float |" in section
+    assert "| 2 | layer1 | 54.00% | 46.00 | 0.05000 | INT8 |" in section
+    assert "layer10" not in section and "10 most sensitive of 12 layers" in section
+    assert "estimated drop 0.80 points" in section and "1.25 points" in section
+    assert "sensitivity" not in md.split("## Quantization")[1].split("## ")[0]  # not dumped as a raw dict
 
 
 def test_markdown_tables(tmp_path):
