@@ -221,6 +221,15 @@ def sensitivity_section(quant: dict) -> Section | None:
                    rows, note=note)
 
 
+def quantization_sections(quant: dict) -> list[Section]:
+    """The quantization summary's fields, then its layer sensitivity ranking when it has one."""
+    rows = [[label, _pct(quant[k]) if k in _QUANT_PCT else _compact(quant[k])] for k, label in _QUANT_LABELS.items()
+            if k in quant]
+    rows += [[k.replace("_", " "), _compact(v)] for k, v in quant.items() if k not in _QUANT_LABELS and k != "sensitivity"]
+    sens = sensitivity_section(quant)
+    return [Section("Quantization", ["Field", "Value"], rows), *([sens] if sens else [])]
+
+
 def sections(report: dict) -> list[Section]:
     first = deploy_section(report)
     out = [first] if first else []
@@ -244,17 +253,7 @@ def sections(report: dict) -> list[Section]:
 
     quant = _dict(report, "quantization")
     if quant is not None:
-        rows = []
-        for k, label in _QUANT_LABELS.items():
-            if k in quant:
-                v = quant[k]
-                rows.append([label, _pct(v) if k in _QUANT_PCT else _compact(v)])
-        rows += [[k.replace("_", " "), _compact(v)] for k, v in quant.items()
-                 if k not in _QUANT_LABELS and k != "sensitivity"]
-        out.append(Section("Quantization", ["Field", "Value"], rows))
-        sens = sensitivity_section(quant)
-        if sens:
-            out.append(sens)
+        out += quantization_sections(quant)
 
     lat = _rows(report.get("latency"))
     if lat:
