@@ -1,7 +1,9 @@
 """Stage 2: INT8 with NNCF, calibrated and fine-tuned on synthetic data only.
 
-fold BatchNorm -> nncf.quantize (calibration on VAE / generator / noise samples) -> short QAT by KD
-from the teacher -> nncf.strip -> ONNX with QuantizeLinear/DequantizeLinear.
+fold BatchNorm -> nncf.quantize (calibration on VAE / generator / noise samples) -> per-layer sensitivity
+on synthetic probes, and with quantize.max_drop nncf.quantize again with the most sensitive layers in float
+(stages.quantize.sensitivity) -> short QAT by KD from the teacher -> nncf.strip -> ONNX with
+QuantizeLinear/DequantizeLinear.
 
 Schemes per runtime:
   tensorrt     symmetric signed INT8 everywhere, zero point 0 (TensorRT's explicit quantization rules);
@@ -219,6 +221,8 @@ def quantize(student: nn.Module, teacher: nn.Module, calibration_batches: list[t
              progress: Callable[[int], None] | None = None, probes: torch.Tensor | None = None) -> QuantizeResult:
     """Quantize `student` for `scheme` on synthetic batches; fine-tune by KD from the teacher. With `probes`,
     rank the layers by sensitivity and keep the most sensitive in float as `cfg.max_drop` asks."""
+    import nncf
+
     if scheme not in SUPPORTED_SCHEMES:
         raise UsageError(f"unknown INT8 scheme '{scheme}'; choose one of: {', '.join(SUPPORTED_SCHEMES)}")
     if cfg.max_drop is not None and probes is None:
@@ -253,8 +257,6 @@ def quantize(student: nn.Module, teacher: nn.Module, calibration_batches: list[t
             losses.append(loss.item())
             if progress:
                 progress(step + 1)
-    import nncf
-
     qmodel.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
