@@ -88,11 +88,11 @@ def config_options(f):
 
 
 def build_config(target, config_path, preset, device, seed, eval_set, replay, calibration, threads, student_ratio,
-                 time_budget, min_agreement, sets):
+                 time_budget, min_agreement, sets, max_drop=None):
     overrides = {"target": target, "preset": preset, "device": device, "seed": seed, "eval": eval_set,
                  "distill.replay": replay, "quantize.calibration": calibration, "threads": threads,
                  "student.ratio": student_ratio, "distill.time_budget": time_budget,
-                 "distill.min_agreement": min_agreement}
+                 "distill.min_agreement": min_agreement, "quantize.max_drop": max_drop}
     overrides.update(_parse_set(sets))
     return load_config(config_path, overrides)
 
@@ -148,6 +148,8 @@ def cli(ctx, debug, quiet):
 @click.option("--force", is_flag=True, help="Overwrite a directory that holds another run.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out from its last checkpoint.")
 @sign_key_option
+@click.option("--max-drop", type=click.FloatRange(min=0), default=None,
+              help="Keep the most INT8-sensitive layers in float until agreement on synthetic probes drops at most this many points.")
 @config_options
 @click.pass_obj
 def run(obj, target, out, force, resume, sign_key, **kw):
@@ -196,15 +198,19 @@ def distill(obj, out, force, resume, target, **kw):
 @cli.command(context_settings=CONTEXT)
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--target", type=str, default=None, help="Quantization scheme for this target (default: the run's).")
+@click.option("--max-drop", type=click.FloatRange(min=0), default=None,
+              help="Keep the most INT8-sensitive layers in float until agreement on synthetic probes drops at most this many points.")
 @click.pass_obj
-def quantize(obj, directory, target):
+def quantize(obj, directory, target, max_drop):
     """Stage 2: NNCF INT8, calibrated and fine-tuned on synthetic samples only."""
     _known_target(target)
     from pipeline.run import quantize
 
-    s = quantize(Path(directory), obj["console"], target)
-    obj["console"].out.print(f"quantized ({s['scheme']}, calibration {s['calibration_source']}, {s['num_quantizers']} quantizers): "
-                             f"INT8/FP32 agreement {s['int8_fp32_agreement']:.4f} -> {directory}")
+    s = quantize(Path(directory), obj["console"], target, max_drop)
+    kept = s["sensitivity"]["kept_float"]
+    in_float = f", {len(kept)} layer(s) kept in float" if kept else ""
+    obj["console"].out.print(f"quantized ({s['scheme']}, calibration {s['calibration_source']}, {s['num_quantizers']} quantizers"
+                             f"{in_float}): INT8/FP32 agreement {s['int8_fp32_agreement']:.4f} -> {directory}")
 
 
 @cli.command(context_settings=CONTEXT)

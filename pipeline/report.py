@@ -5,6 +5,11 @@ Report schema (every section is optional; a report with only some keys still ren
     {
       "target": "jetson" | "mobile",
       "created": "2025-01-01T00:00:00+00:00",
+      "deploy": {                         # the opening section (stages.export.decision)
+        "model": str, "precision": "int8" | "fp32", "reason": str, "p50_ms": float | null,
+        "other_p50_ms": float | null, "measured_on": str | null, "bytes": int | null,
+        "accuracy": float | null, "teacher_accuracy": float | null, "probe_agreement": float | null
+      },
       "accuracy": {                       # fractions 0..1; null = not evaluated
         "teacher": float | null, "student_fp32": float | null, "student_int8": float | null,
         "evaluated_on": str | null        # e.g. "digits test split (360 images)"
@@ -16,6 +21,9 @@ Report schema (every section is optional; a report with only some keys still ren
       },
       "quantization": {
         "calibration_source": str, "num_quantizers": int, "int8_fp32_agreement": float 0..1,
+        "sensitivity": {"ranking": [{"layer": str, "agreement": float, "drop_points": float, "kl": float}, ...],
+                        "max_drop": float | null, "kept_float": [str, ...],
+                        "estimated_drop_points": float | null, "measured_drop_points": float},
         ...                               # any other keys are shown as they are
       },
       "latency": [row, ...],              # rows from targets.runners.measure_onnx; a row may carry
@@ -151,11 +159,80 @@ class Section:
     note: str | None = None
 
 
+def _deploy_accuracy(d: dict) -> str:
+    """Accuracy against the teacher when evaluated, else agreement with the teacher on synthetic probes."""
+    if _num(d.get("accuracy")):
+        teacher = f"; teacher {_pct(d['teacher_accuracy'])}" if _num(d.get("teacher_accuracy")) else ""
+        on = f" on {d['evaluated_on']}" if d.get("evaluated_on") else ""
+        return f"{_pct(d['accuracy'])}{on}{teacher}"
+    if _num(d.get("probe_agreement")):
+        return f"no evaluation data; agrees with the teacher on {_pct(d['probe_agreement'])} of synthetic probes"
+    return "not evaluated"
+
+
+def _deploy_latency(d: dict) -> str:
+    if not _num(d.get("p50_ms")):
+        return "not measured"
+    other = "FP32" if d.get("precision") == "int8" else "INT8"
+    vs = f" ({other}: {d['other_p50_ms']:.3f} ms)" if _num(d.get("other_p50_ms")) else ""
+    return f"p50 {d['p50_ms']:.3f} ms at batch 1{vs}, {d.get('measured_on') or 'this host'}"
+
+
+def deploy_section(report: dict) -> Section | None:
+    """The report's opening: the model to deploy, how good, how big and fast on the host, and why."""
+    d = _dict(report, "deploy")
+    rows = []
+    if d is not None:
+        rows += [["Model", f"{d.get('model', '—')} ({str(d.get('precision', '?')).upper()})"],
+                 ["Accuracy", _deploy_accuracy(d)], ["Size", _bytes(d.get("bytes"))],
+                 ["Host latency", _deploy_latency(d)], ["Why", str(d.get("reason", "—"))]]
+    rows += [[k.capitalize(), str(report[k])] for k in ("target", "created") if report.get(k) is not None]
+    return Section("Deploy" if d is not None else "Summary", ["Field", "Value"], rows) if rows else None
+
+
+SENSITIVITY_ROWS = 10
+
+
+def _drop_note(sens: dict, probes) -> str:
+    where = f"{probes} synthetic probes" if _num(probes) else "synthetic probes"
+    note = f"Each layer alone in INT8, the rest in float, on {where}; most sensitive first."
+    if sens.get("max_drop") is None:
+        return note + " Every layer is quantized (no quantize.max_drop)."
+    kept = sens.get("kept_float") or []
+    return (f"{note} quantize.max_drop {_f(sens['max_drop'])} points: {len(kept)} layer(s) kept in float; "
+            f"estimated drop {_f(sens.get('estimated_drop_points'))} points, measured after fine-tuning "
+            f"{_f(sens.get('measured_drop_points'))} points (top-1 agreement with the FP32 student).")
+
+
+def sensitivity_section(quant: dict) -> Section | None:
+    """The layers ranked by how far INT8 moves the student's output when each alone is quantized."""
+    sens = quant.get("sensitivity")
+    if not isinstance(sens, dict):
+        return None
+    ranking = _rows(sens.get("ranking"))
+    kept = set(sens.get("kept_float") or [])
+    rows = [[str(i + 1), str(r.get("layer", "—")), _pct(r.get("agreement")), _f(r.get("drop_points")),
+             _f(r.get("kl"), 5), "float" if r.get("layer") in kept else "INT8"]
+            for i, r in enumerate(ranking[:SENSITIVITY_ROWS])]
+    note = _drop_note(sens, quant.get("probe_samples"))
+    if len(ranking) > SENSITIVITY_ROWS:
+        note += f" The {SENSITIVITY_ROWS} most sensitive of {len(ranking)} layers are shown."
+    return Section("Layer sensitivity", ["Rank", "Layer", "Agreement with FP32", "Drop (points)", "KL", "Ships as"],
+                   rows, note=note)
+
+
+def quantization_sections(quant: dict) -> list[Section]:
+    """The quantization summary's fields, then its layer sensitivity ranking when it has one."""
+    rows = [[label, _pct(quant[k]) if k in _QUANT_PCT else _compact(quant[k])] for k, label in _QUANT_LABELS.items()
+            if k in quant]
+    rows += [[k.replace("_", " "), _compact(v)] for k, v in quant.items() if k not in _QUANT_LABELS and k != "sensitivity"]
+    sens = sensitivity_section(quant)
+    return [Section("Quantization", ["Field", "Value"], rows), *([sens] if sens else [])]
+
+
 def sections(report: dict) -> list[Section]:
-    out = []
-    summary = [[k.capitalize(), str(report[k])] for k in ("target", "created") if report.get(k) is not None]
-    if summary:
-        out.append(Section("Summary", ["Field", "Value"], summary))
+    first = deploy_section(report)
+    out = [first] if first else []
 
     acc = _dict(report, "accuracy")
     if acc is not None:
@@ -180,13 +257,7 @@ def sections(report: dict) -> list[Section]:
 
     quant = _dict(report, "quantization")
     if quant is not None:
-        rows = []
-        for k, label in _QUANT_LABELS.items():
-            if k in quant:
-                v = quant[k]
-                rows.append([label, _pct(v) if k in _QUANT_PCT else _compact(v)])
-        rows += [[k.replace("_", " "), _compact(v)] for k, v in quant.items() if k not in _QUANT_LABELS]
-        out.append(Section("Quantization", ["Field", "Value"], rows))
+        out += quantization_sections(quant)
 
     lat = _rows(report.get("latency"))
     if lat:
@@ -393,6 +464,9 @@ def summary_table(report: dict) -> Table:
     t = Table(title="Summary", show_header=False)
     t.add_column("Field")
     t.add_column("Value")
+    d = _dict(report, "deploy")
+    if d is not None:
+        t.add_row("Deploy", f"{d.get('model', '—')} ({str(d.get('precision', '?')).upper()}): {d.get('reason', '')}")
     for k in ("target", "created"):
         if report.get(k) is not None:
             t.add_row(k.capitalize(), str(report[k]))

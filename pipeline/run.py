@@ -29,10 +29,13 @@ def _stored(out: Path, after: str) -> tuple[dict, RunConfig]:
     return run, config_from_dict(run["config"])
 
 
-def quantize(out: Path, console: Console, target: str | None = None) -> dict:
-    """Stage 2 on a distilled directory, for `target` (the run's own by default)."""
+def quantize(out: Path, console: Console, target: str | None = None, max_drop: float | None = None) -> dict:
+    """Stage 2 on a distilled directory, for `target` (the run's own by default); `max_drop` replaces the
+    run's `quantize.max_drop` when given."""
     _, cfg = _stored(out, "distill")
     cfg.target = target or cfg.target
+    if max_drop is not None:
+        cfg.quantize.max_drop = max_drop
     return stage_quantize(cfg, out, console, get_target(cfg.target).scheme)
 
 

@@ -230,15 +230,25 @@ def _check_mobile(g: _Graph) -> list[Finding]:
         if n.domain not in ("", "ai.onnx") or n.op_type not in ORT_QDQ_SUPPORTED:
             out.append(Finding(name, n.op_type, "runs-in-float",
                                f"{n.op_type} has no QDQ kernel in ONNX Runtime: it dequantizes, runs in float and re-quantizes"))
-        elif n.op_type in ("Conv", "MatMul") and not _feeds_quantize(g, n.output[0]):
+        elif n.op_type in ("Conv", "MatMul") and _dequantized(g, n) and not _feeds_quantize(g, n.output[0]):
             # ORT fuses DQ -> Conv/MatMul -> Q into QLinearConv/QLinearMatMul only with the Q right after.
+            # A layer whose weights are float was kept in float on purpose (quantize.max_drop): no unit to fuse.
             out.append(Finding(name, n.op_type, "qdq-unfused",
                                f"{n.op_type} output is not quantized right away, so ONNX Runtime cannot fuse it into an integer kernel"))
     return out
 
 
+def _dequantized(g: _Graph, node: onnx.NodeProto) -> bool:
+    """Whether the op's weight (its second input) comes out of a DequantizeLinear."""
+    producer = g.producer.get(node.input[1]) if len(node.input) > 1 else None
+    return producer is not None and producer.op_type == "DequantizeLinear"
+
+
 def _feeds_quantize(g: _Graph, tensor: str) -> bool:
+    """Whether `tensor` is quantized right away, or through one Relu/Clip, which ORT folds into the Q's range."""
     users = g.consumers.get(tensor, [])
+    if len(users) == 1 and users[0].op_type in ("Relu", "Clip"):
+        users = g.consumers.get(users[0].output[0], [])
     return bool(users) and all(u.op_type == "QuantizeLinear" for u in users)
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from core.errors import UsageError
 from qdq_models import float_conv_model, qdq_conv_model
@@ -133,3 +134,23 @@ def test_optimized_op_counts_rejects_bad_level(tmp_path):
     onnx.save(qdq_conv_model(), p)
     with pytest.raises(UsageError, match="optimization level"):
         optimized_op_counts(p, "max")
+
+
+def _conv_then(m, op: str | None, float_weights: bool = False):
+    """The tiny model with `op` between the Conv and the Q after it, and optionally float Conv weights."""
+    g = m.graph
+    if op:
+        g.node.append(helper.make_node(op, ["c"], ["c_act"], name="conv_act"))
+        next(n for n in g.node if n.name == "r_q").input[0] = "c_act"
+    if float_weights:
+        g.initializer.append(numpy_helper.from_array(np.zeros((4, 1, 3, 3), np.float32), "conv_w_float"))
+        next(n for n in g.node if n.name == "conv").input[1] = "conv_w_float"
+    return m
+
+
+def test_conv_relu_q_is_fused_by_ort_and_a_float_conv_is_not_an_unfused_unit():
+    assert check_model(_conv_then(qdq_conv_model(), "Relu"), "mobile") == []
+    unfused = check_model(_conv_then(qdq_conv_model(), "Sigmoid"), "mobile")
+    assert ("qdq-unfused", "Conv") in {(f.rule, f.op_type) for f in unfused}
+    assert check_model(_conv_then(qdq_conv_model(extra_op="Erf"), None, float_weights=True), "mobile") == [
+        f for f in check_model(qdq_conv_model(extra_op="Erf"), "mobile") if f.rule != "qdq-unfused"]

@@ -18,6 +18,10 @@ def _report() -> dict:
     return {
         "target": "mobile",
         "created": "2025-06-01T12:00:00+00:00",
+        "deploy": {"model": "student-fp32.onnx", "role": "student-fp32-onnx", "precision": "fp32",
+                   "reason": "INT8 is slower than FP32 here", "p50_ms": 0.41, "other_p50_ms": 0.21,
+                   "measured_on": "host: h, cpu", "bytes": 400_000, "accuracy": 0.9611, "teacher_accuracy": 0.975,
+                   "evaluated_on": "digits", "probe_agreement": 0.9},
         "accuracy": {"teacher": 0.975, "student_fp32": 0.9611, "student_int8": None, "evaluated_on": "digits test split (360 images)"},
         "distillation": {
             "history": [{"step": s, "agreement": 0.1 + 0.008 * s, "accuracy": (0.05 + 0.009 * s) if s % 25 == 0 else None} for s in range(0, 101, 5)],
@@ -84,6 +88,39 @@ def test_json_is_input_minus_samples(tmp_path):
 def test_nan_becomes_null():
     out = strip_samples({"accuracy": {"teacher": float("nan")}, "latency": [{"p50_ms": 1.0, "samples_ms": [1.0]}]})
     assert out == {"accuracy": {"teacher": None}, "latency": [{"p50_ms": 1.0}]}
+
+
+def test_report_opens_with_the_deploy_decision(tmp_path):
+    report = _report()
+    write_reports(tmp_path, report)
+    md = (tmp_path / "report.md").read_text()
+    assert md.split("## ")[1].startswith("Deploy\n")
+    opening = md.split("## ")[1]
+    for row in ("| Model | student-fp32.onnx (FP32) |", "| Accuracy | 96.11% on digits; teacher 97.50% |",
+                "| Size | 390.62 KB |", "| Host latency | p50 0.410 ms at batch 1 (INT8: 0.210 ms), host: h, cpu |",
+                "| Why | INT8 is slower than FP32 here |"):
+        assert row in opening, row
+    report["deploy"].update(accuracy=None, teacher_accuracy=None)
+    write_reports(tmp_path, report)
+    assert "agrees with the teacher on 90.00% of synthetic probes" in (tmp_path / "report.md").read_text()
+    summary = _render(summary_table(report))
+    assert "student-fp32.onnx (FP32): INT8 is slower than FP32 here" in summary
+
+
+def test_sensitivity_section_shows_the_ranking_and_what_stays_in_float(tmp_path):
+    report = _report()
+    ranking = [{"layer": f"layer{i}", "agreement": 0.5 + 0.04 * i, "drop_points": 50 - 4 * i, "kl": 0.1 / (i + 1)}
+               for i in range(12)]
+    report["quantization"]["sensitivity"] = {"ranking": ranking, "max_drop": 1.0, "kept_float": ["layer0"],
+                                             "estimated_drop_points": 0.8, "measured_drop_points": 1.25}
+    write_reports(tmp_path, report)
+    md = (tmp_path / "report.md").read_text()
+    section = md.split("## Layer sensitivity")[1].split("## ")[0]
+    assert "| 1 | layer0 | 50.00% | 50.00 | 0.10000 | float |" in section
+    assert "| 2 | layer1 | 54.00% | 46.00 | 0.05000 | INT8 |" in section
+    assert "layer10" not in section and "10 most sensitive of 12 layers" in section
+    assert "estimated drop 0.80 points" in section and "1.25 points" in section
+    assert "sensitivity" not in md.split("## Quantization")[1].split("## ")[0]  # not dumped as a raw dict
 
 
 def test_markdown_tables(tmp_path):

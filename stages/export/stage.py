@@ -18,6 +18,7 @@ from core.evaluation import eval_set, onnx_accuracy, torch_accuracy
 from core.target import BenchmarkRequest, ExportContext, Target
 from core.teacher import load_teacher
 from core.ui import Console
+from stages.export.decision import deploy_decision, manifest_entry
 
 
 # What every bundle carries whatever its target, by the role the manifest gives it.
@@ -44,12 +45,19 @@ def stage_export(cfg, out: Path, console: Console, target: Target, parent: str |
     runs = benchmark_runs or cfg.export.benchmark_runs
     console.info(f"export: measuring latency on this host ({runs} runs per model)")
     latency = target.benchmark(BenchmarkRequest(out, batches=(1,), threads=(1,), runs=runs))
+    accuracy = _accuracy(cfg, out, spec)
+    decision = deploy_decision(target.name, latency, run["stages"]["quantize"], accuracy,
+                               {a.path: a.bytes for a in manifest.artifacts})
+    # Written after the latency it rests on; the manifest is not itself hashed, so its artifacts stay valid.
+    manifest.extra["deploy"] = manifest_entry(decision)
+    write_manifest(out, manifest)
     report = {
         "target": target.name,
         "created": manifest.created,
         "pipeline_version": __version__,
         "teacher": spec["source"],
-        "accuracy": _accuracy(cfg, out, spec),
+        "deploy": decision,
+        "accuracy": accuracy,
         "distillation": run["stages"]["distill"],
         "quantization": run["stages"]["quantize"],
         "latency": latency,

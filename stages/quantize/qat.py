@@ -1,7 +1,9 @@
 """Stage 2: INT8 with NNCF, calibrated and fine-tuned on synthetic data only.
 
-fold BatchNorm -> nncf.quantize (calibration on VAE / generator / noise samples) -> short QAT by KD
-from the teacher -> nncf.strip -> ONNX with QuantizeLinear/DequantizeLinear.
+fold BatchNorm -> nncf.quantize (calibration on VAE / generator / noise samples) -> per-layer sensitivity
+on synthetic probes, and with quantize.max_drop nncf.quantize again with the most sensitive layers in float
+(stages.quantize.sensitivity) -> short QAT by KD from the teacher -> nncf.strip -> ONNX with
+QuantizeLinear/DequantizeLinear.
 
 Schemes per runtime:
   tensorrt     symmetric signed INT8 everywhere, zero point 0 (TensorRT's explicit quantization rules);
@@ -29,6 +31,7 @@ from stages.distill.criteria import kd_loss as kd_divergence
 from stages.quantize.config import QuantizeConfig
 from core.errors import RunError, UsageError
 from core.fileio import atomic_path
+from stages.quantize.sensitivity import find_layers, keep_in_float, rank_layers, whole_units
 
 
 SUPPORTED_SCHEMES = ("tensorrt", "onnxruntime")
@@ -145,6 +148,7 @@ class QuantizeResult:
     qat_steps: int
     qat_losses: list[float]
     wall_s: float
+    sensitivity: dict | None = None  # ranking, layers kept in float and the estimated drop (with probes)
 
 
 def _advanced_parameters():
@@ -169,19 +173,11 @@ def force_signed(qmodel: nn.Module) -> int:
     return changed
 
 
-def quantize(student: nn.Module, teacher: nn.Module, calibration_batches: list[torch.Tensor],
-             qat_batch: Callable[[], torch.Tensor], cfg: QuantizeConfig, scheme: str, calibration: str,
-             example_input: torch.Tensor, kd_loss: str = "l1", kd_temperature: float = 1.0,
-             progress: Callable[[int], None] | None = None) -> QuantizeResult:
-    """Quantize `student` for `scheme` on synthetic batches; fine-tune by KD from the teacher."""
+def calibrate(folded: nn.Module, calibration_batches: list[torch.Tensor], cfg: QuantizeConfig, scheme: str,
+              ignored: list[str] | None = None) -> nn.Module:
+    """NNCF's post-training quantization of the BN-folded model in `scheme`, the `ignored` layers left in float."""
     import nncf
 
-    if scheme not in SUPPORTED_SCHEMES:
-        raise UsageError(f"unknown INT8 scheme '{scheme}'; choose one of: {', '.join(SUPPORTED_SCHEMES)}")
-    t0 = time.perf_counter()
-    use_reference_quantizer()
-    logging.getLogger("nncf").setLevel(logging.ERROR)
-    folded = fold_batchnorm(student)
     n_calib = sum(len(b) for b in calibration_batches)
     # NNCF draws its own progress bars on stdout; the pipeline reports progress itself.
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
@@ -190,12 +186,56 @@ def quantize(student: nn.Module, teacher: nn.Module, calibration_batches: list[t
             qmodel = nncf.quantize(copy.deepcopy(folded), nncf.Dataset(calibration_batches),
                                    preset=nncf.QuantizationPreset.PERFORMANCE, subset_size=n_calib,
                                    fast_bias_correction=cfg.fast_bias_correction,
-                                   advanced_parameters=_advanced_parameters())
+                                   advanced_parameters=_advanced_parameters(),
+                                   ignored_scope=nncf.IgnoredScope(names=ignored or []))
         except Exception as exc:
             raise RunError(f"quantize: NNCF could not quantize the student: {str(exc).splitlines()[0][:200]}") from exc
-
     if scheme == "tensorrt":
         force_signed(qmodel)
+    return qmodel
+
+
+def _sensitive_layers_in_float(qmodel: nn.Module, folded: nn.Module, calibration_batches: list[torch.Tensor],
+                               cfg: QuantizeConfig, scheme: str, example_input: torch.Tensor,
+                               probes: torch.Tensor) -> tuple[nn.Module, dict]:
+    """Rank the layers by sensitivity on `probes`; with `cfg.max_drop`, quantize again without the most
+    sensitive ones. Returns the model to fine-tune and the sensitivity summary."""
+    layers = find_layers(qmodel, folded, example_input)
+    ranking = rank_layers(qmodel, layers, probes)
+    kept: list[str] = []
+    estimated = None
+    if cfg.max_drop is not None:
+        # TensorRT runs an INT8 layer whose output stays float; ONNX Runtime does not (see whole_units).
+        expand = whole_units if scheme == "onnxruntime" else None
+        kept, estimated = keep_in_float(qmodel, layers, ranking, probes, cfg.max_drop, expand)
+        if kept:
+            qmodel = calibrate(folded, calibration_batches, cfg, scheme, kept)
+    summary = {"ranking": [s.to_json() for s in ranking], "max_drop": cfg.max_drop, "kept_float": kept,
+               "estimated_drop_points": estimated}
+    return qmodel, summary
+
+
+def quantize(student: nn.Module, teacher: nn.Module, calibration_batches: list[torch.Tensor],
+             qat_batch: Callable[[], torch.Tensor], cfg: QuantizeConfig, scheme: str, calibration: str,
+             example_input: torch.Tensor, kd_loss: str = "l1", kd_temperature: float = 1.0,
+             progress: Callable[[int], None] | None = None, probes: torch.Tensor | None = None) -> QuantizeResult:
+    """Quantize `student` for `scheme` on synthetic batches; fine-tune by KD from the teacher. With `probes`,
+    rank the layers by sensitivity and keep the most sensitive in float as `cfg.max_drop` asks."""
+    import nncf
+
+    if scheme not in SUPPORTED_SCHEMES:
+        raise UsageError(f"unknown INT8 scheme '{scheme}'; choose one of: {', '.join(SUPPORTED_SCHEMES)}")
+    if cfg.max_drop is not None and probes is None:
+        raise UsageError("quantize: max_drop needs synthetic probes to measure the layers' sensitivity")
+    t0 = time.perf_counter()
+    use_reference_quantizer()
+    logging.getLogger("nncf").setLevel(logging.ERROR)
+    folded = fold_batchnorm(student)
+    qmodel = calibrate(folded, calibration_batches, cfg, scheme)
+    sensitivity = None
+    if probes is not None:
+        qmodel, sensitivity = _sensitive_layers_in_float(qmodel, folded, calibration_batches, cfg, scheme,
+                                                         example_input, probes)
     # Quantization-aware fine-tuning: the teacher is the only label source.
     losses: list[float] = []
     if cfg.qat_steps:
@@ -221,8 +261,8 @@ def quantize(student: nn.Module, teacher: nn.Module, calibration_batches: list[t
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         stripped = nncf.strip(qmodel, example_input=example_input)
-    return QuantizeResult(stripped, folded, scheme, calibration, n_calib, cfg.qat_steps, losses,
-                          time.perf_counter() - t0)
+    return QuantizeResult(stripped, folded, scheme, calibration, sum(len(b) for b in calibration_batches),
+                          cfg.qat_steps, losses, time.perf_counter() - t0, sensitivity)
 
 
 def export_onnx(model: nn.Module, path: Path, example_input: torch.Tensor, opset: int = 17) -> Path:

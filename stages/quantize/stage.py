@@ -79,35 +79,42 @@ def stage_quantize(cfg, out: Path, console: Console, scheme: str) -> dict:
     # QAT and export run on the CPU (the NNCF path this project verifies); a copy keeps the synthetic
     # sources' teacher on `device` (Module.cpu() moves in place).
     teacher_cpu = copy.deepcopy(teacher).cpu()
+    # One probe set ranks the layers and checks the result, so the estimated and measured drops compare.
+    probes, labels = synthesize_probes(teacher_cpu, spec.input_shape, spec.num_classes,
+                                       max(8, cfg.distill.probe_per_class), seed=cfg.seed + 777)
     with console.progress("quantize (QAT)", q.qat_steps) as advance:
         result = quantize(student.cpu(), teacher_cpu, batches, qat_batch, q, scheme, calibration, example,
                           kd_loss=cfg.distill.kd_loss, kd_temperature=cfg.distill.kd_temperature,
-                          progress=lambda step: advance(step, {}))
+                          progress=lambda step: advance(step, {}), probes=probes)
     fp32_path = export_onnx(result.folded_fp32, out / wd.FP32_ONNX, example, cfg.export.opset)
     int8_path = export_onnx(result.model, out / wd.INT8_ONNX, example, cfg.export.opset)
+    qdq = qdq_summary(int8_path)
+    tidy = tidy_qdq(int8_path)
+    agreement = _probe_agreement(probes, labels, fp32_path, int8_path, result.model)
     summary = {
         "scheme": scheme,
         "calibration_source": calibration,
         "calibration_samples": result.calibration_samples,
         "qat_steps": result.qat_steps,
         "qat_final_loss": result.qat_losses[-1] if result.qat_losses else None,
-        "num_quantizers": qdq_summary(int8_path)["dequantize_linear"],
-        "qdq": qdq_summary(int8_path),
-        "tidy": tidy_qdq(int8_path),
-        **_probe_agreement(cfg, teacher_cpu, spec, fp32_path, int8_path, result.model),
+        "num_quantizers": qdq["dequantize_linear"],
+        "qdq": qdq,
+        "tidy": tidy,
+        **agreement,
+        "sensitivity": {**result.sensitivity,
+                        "measured_drop_points": round(100 * (1 - agreement["int8_fp32_agreement"]), 2)},
         "wall_s": round(result.wall_s, 2),
     }
     run["config"]["target"] = cfg.target
+    run["config"]["quantize"]["max_drop"] = q.max_drop
     run["stages"]["quantize"] = summary
     run["stages"].pop("export", None)
     wd.write_run(out, run)
     return summary
 
 
-def _probe_agreement(cfg, teacher, spec, fp32_path: Path, int8_path: Path, qmodel) -> dict:
+def _probe_agreement(probes: torch.Tensor, labels: torch.Tensor, fp32_path: Path, int8_path: Path, qmodel) -> dict:
     """Data-free check of what quantization cost: agreement on teacher-derived probes."""
-    probes, labels = synthesize_probes(teacher, spec.input_shape, spec.num_classes,
-                                       max(8, cfg.distill.probe_per_class), seed=cfg.seed + 777)
     p_fp32 = onnx_predict(fp32_path, probes.numpy()).argmax(1)
     p_int8 = onnx_predict(int8_path, probes.numpy()).argmax(1)
     with torch.no_grad():
