@@ -10,7 +10,7 @@ from pathlib import Path
 
 from core import __version__
 from core import workdir as wd
-from core.bundle import Manifest
+from core.bundle import Manifest, write_manifest
 from core.seal import seal_manifest
 from core.device import set_up
 from core.errors import UsageError
