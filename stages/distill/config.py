@@ -45,7 +45,7 @@ class DistillConfig:
     adversarial: str = setting("js", choices=("js", "l1"))  # js (PRE-DFKD) | l1 (DFAD)
     kd_loss: str = setting("kl", choices=("l1", "kl"))  # kl on softened outputs | l1 on logits (DFAD, PRE-DFKD)
     w_adv: float = setting(1.0, ge=0)
-    w_bn: float = setting(10.0, ge=0)  # BN-statistics prior (DeepInversion)
+    w_bn: float = setting(5.0, ge=0)  # BN-statistics prior (DeepInversion), in each layer's own units
     w_balance: float = setting(5.0, ge=0)  # entropy of the batch-mean prediction (DAFL)
     w_onehot: float = setting(1.0, ge=0)
     w_activation: float = setting(0.1, ge=0)

@@ -84,8 +84,12 @@ def activation(features: torch.Tensor | None) -> torch.Tensor:
 class BNStatistics:
     """Forward hooks on every BatchNorm of a (frozen, eval-mode) network.
 
-    After a forward pass, `loss()` is the sum over layers of ||mean_batch - running_mean||_2 +
-    ||var_batch - running_var||_2, measured on each layer's input (DeepInversion's feature prior).
+    After a forward pass, `loss()` is the distance of each layer's batch statistics (on its input) to its
+    running statistics, averaged over layers (DeepInversion's feature prior). Each layer's distance is in that
+    layer's own units: the RMS over channels of the mean's shift in running standard deviations, plus the RMS
+    of the log ratio of the variances. Raw distances summed over layers grow with channel count, activation
+    scale and depth, and on a deep or wide teacher swamp every other generator term, which then cannot make
+    the teacher see every class; in these units the prior weighs about the same on any teacher.
     """
 
     def __init__(self, model: nn.Module):
@@ -102,7 +106,10 @@ class BNStatistics:
         mean = x.mean(dims)
         # E[(x - mean)^2] by hand: torch's multi-dimension var is several times slower on the CPU
         var = (x - mean.view(1, -1, *[1] * (x.dim() - 2))).pow(2).mean(dims)
-        self._terms.append(torch.norm(mean - module.running_mean, 2) + torch.norm(var - module.running_var, 2))
+        running_var = module.running_var + module.eps
+        shift = (mean - module.running_mean) / running_var.sqrt()
+        spread = torch.log((var + module.eps) / running_var)
+        self._terms.append(shift.pow(2).mean().sqrt() + spread.pow(2).mean().sqrt())
 
     def __enter__(self) -> "BNStatistics":
         self._terms, self.active = [], True
@@ -114,7 +121,7 @@ class BNStatistics:
     def loss(self) -> torch.Tensor:
         if not self._terms:
             return torch.zeros(())
-        total = torch.stack(self._terms).sum()
+        total = torch.stack(self._terms).mean()
         self._terms = []
         return total
 

@@ -22,7 +22,7 @@ def synthesize_probes(teacher: nn.Module, shape: tuple[int, ...], num_classes: i
         for _ in range(steps):
             with bn:
                 logits = teacher(x)
-                loss = F.cross_entropy(logits, targets) + 0.1 * bn.loss() + 1e-3 * x.pow(2).mean()
+                loss = F.cross_entropy(logits, targets) + bn.loss() + 1e-3 * x.pow(2).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
