@@ -37,8 +37,10 @@ class Console:
                    TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn()]
         with Progress(*columns, console=self.err, transient=not self.err.is_terminal, disable=not self.err.is_terminal) as bar:
             task = bar.add_task(label, total=total, status="")
+            reached = [0]
 
             def advance(step: int, row: dict) -> None:
+                reached[0] = step
                 status = ""
                 if row.get("agreement") is not None:
                     status = f"agree {row['agreement']:.3f}"
@@ -48,4 +50,4 @@ class Console:
 
             yield advance
         if not self.err.is_terminal:
-            self.err.print(f"{label}: done ({total} steps)", markup=False)
+            self.err.print(f"{label}: done ({reached[0]} of {total} steps)", markup=False)
