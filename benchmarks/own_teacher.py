@@ -62,6 +62,9 @@ def main() -> None:
     ap.add_argument("--only", choices=("tabular", "image"), default=None)
     args = ap.parse_args()
 
+    import torch
+
+    torch.set_num_threads(1)  # as `pipeline run` does by default, so the results' host line says what ran
     work = args.work or Path(tempfile.mkdtemp(prefix="own-teacher-"))
     shutil.copytree(EXAMPLE, work, dirs_exist_ok=True,
                     ignore=shutil.ignore_patterns("runs", "*.safetensors", "*.npz", "__pycache__"))
