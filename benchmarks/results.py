@@ -63,8 +63,20 @@ def write(name: str, tables: list[dict], command: str, settings: dict | None = N
            "settings": settings or {}, "tables": tables}
     path = Path(path) if path is not None else RESULTS / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    path.write_text(_dumps(doc), encoding="utf-8")
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _dumps(doc: dict) -> str:
+    """JSON with one line per table row, so a rerun's diff shows the rows that changed."""
+    head = json.dumps({k: v for k, v in doc.items() if k != "tables"}, indent=1)[:-2]
+
+    def one(tab: dict) -> str:
+        rest = {k: v for k, v in tab.items() if k != "rows"}
+        rows = ",\n".join("   " + json.dumps(r) for r in tab["rows"])
+        return "  " + json.dumps(rest)[:-1] + ', "rows": [\n' + rows + "\n  ]}"
+
+    return head + ',\n "tables": [\n' + ",\n".join(one(t) for t in doc["tables"]) + "\n ]\n}\n"
 
 
 def load(path: Path) -> dict:
