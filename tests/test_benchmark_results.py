@@ -48,6 +48,7 @@ def test_every_result_has_a_block_and_every_block_renders():
     names = [m.group("name") for m in render.BLOCK.finditer(text)]
     assert len(names) == len(set(names))
     assert set(render.load_all(results.RESULTS)) <= set(names)
+    assert set(render.COMMANDS) <= set(names)
     assert "distill" in names  # kept for the distillation benchmark's own results
 
 
