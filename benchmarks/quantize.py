@@ -31,7 +31,8 @@ from pipeline.config import load_config  # noqa: E402
 from core.evaluation import onnx_accuracy  # noqa: E402
 from stages.distill.engine import distill  # noqa: E402
 from stages.quantize.onnx_tidy import tidy_qdq  # noqa: E402
-from stages.quantize.qat import SCHEMES, export_onnx, quantize  # noqa: E402
+from stages.quantize.qat import export_onnx, quantize  # noqa: E402
+from targets.registry import TARGETS, get_target  # noqa: E402
 
 CACHE = Path(__file__).resolve().parent / ".cache"
 
@@ -124,7 +125,7 @@ def source_rows(name: str, args, cfg, teacher, student, generator, memory, shape
         for steps in (0, q.qat_steps):
             cfg_q = type(q)(**{**q.__dict__, "qat_steps": steps})
             t0 = time.perf_counter()
-            res = quantize(student, teacher, batches, qat_batch, cfg_q, SCHEMES[args.target], source, example,
+            res = quantize(student, teacher, batches, qat_batch, cfg_q, get_target(args.target).scheme, source, example,
                            kd_loss=cfg.distill.kd_loss)
             path = export_onnx(res.model, CACHE / f"{name}-{source}-{steps}.onnx", example)
             tidy_qdq(path)
@@ -139,7 +140,7 @@ def source_rows(name: str, args, cfg, teacher, student, generator, memory, shape
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--task", default="digits", choices=["digits", "mnist", "both"])
-    ap.add_argument("--target", default="jetson", choices=list(SCHEMES))
+    ap.add_argument("--target", default="jetson", choices=list(TARGETS))
     ap.add_argument("--preset", default="default")
     ap.add_argument("--sources", default="vae,generator,noise,real")
     ap.add_argument("--seed", type=int, default=0)
