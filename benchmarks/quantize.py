@@ -8,6 +8,7 @@ For each task a student is distilled once (default preset; cached under benchmar
 quantized from the same FP32 student with each calibration source: `vae`, `generator` and `noise`
 are what the pipeline can use; `real` (the task's training images) is the upper bound, here only.
 Accuracy is on the task's real test split, of the exported INT8 ONNX as onnxruntime runs it.
+Writes benchmarks/results/quantize-<task>.json per task and prints its table.
 """
 
 from __future__ import annotations
@@ -25,11 +26,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import results  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from core.evaluation import onnx_accuracy  # noqa: E402
 from stages.distill.engine import distill  # noqa: E402
 from stages.quantize.onnx_tidy import tidy_qdq  # noqa: E402
-from stages.quantize.qat import SCHEMES, export_onnx, quantize  # noqa: E402
+from stages.quantize.qat import export_onnx, quantize  # noqa: E402
+from targets.registry import TARGETS, get_target  # noqa: E402
 
 CACHE = Path(__file__).resolve().parent / ".cache"
 
@@ -95,10 +98,49 @@ def distilled(name: str, preset: str, seed: int, mnist_path: Path):
     return cfg, teacher, student.eval(), generator.eval(), memory, shape, x_train, x_test, y_test
 
 
+def source_rows(name: str, args, cfg, teacher, student, generator, memory, shape, x_train, x_test, y_test) -> list[list]:
+    """One row per calibration source: FP32, INT8 from calibration alone and after QAT, and their times."""
+    q = cfg.quantize
+    example = torch.randn(1, *shape)
+    fp32_path = export_onnx(student, CACHE / f"{name}-fp32.onnx", example)
+    fp32 = onnx_accuracy(fp32_path, x_test, y_test)
+    gen = lambda n: generator(torch.randn(n, cfg.distill.latent_dim)).detach()  # noqa: E731
+    rng = np.random.default_rng(args.seed)
+    sources = {
+        "vae": memory.sample,
+        "generator": gen,
+        "noise": lambda n: torch.randn(n, *shape),
+        "real": lambda n: x_train[torch.as_tensor(rng.choice(len(x_train), n, replace=False))],
+    }
+
+    def qat_batch() -> torch.Tensor:
+        half = q.qat_batch // 2
+        return torch.cat([memory.sample(half), gen(q.qat_batch - half)])
+
+    rows = []
+    for source in args.sources.split(","):
+        torch.manual_seed(args.seed)
+        batches = [sources[source](min(q.qat_batch, q.calibration_samples - i)) for i in range(0, q.calibration_samples, q.qat_batch)]
+        accs, times = [], []
+        for steps in (0, q.qat_steps):
+            cfg_q = type(q)(**{**q.__dict__, "qat_steps": steps})
+            t0 = time.perf_counter()
+            res = quantize(student, teacher, batches, qat_batch, cfg_q, get_target(args.target).scheme, source, example,
+                           kd_loss=cfg.distill.kd_loss)
+            path = export_onnx(res.model, CACHE / f"{name}-{source}-{steps}.onnx", example)
+            tidy_qdq(path)
+            times.append(time.perf_counter() - t0)
+            accs.append(onnx_accuracy(path, x_test, y_test))
+        print(f"{name} {source}: fp32 {fp32:.4f} calib-only {accs[0]:.4f} qat {accs[1]:.4f}", file=sys.stderr)
+        rows.append([name, source + (" (bound)" if source == "real" else ""), f"{fp32:.4f}", f"{accs[0]:.4f}",
+                     f"{accs[1]:.4f}", f"{100 * (accs[1] - fp32):+.2f}", f"{times[0]:.1f}", f"{times[1]:.1f}"])
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--task", default="digits", choices=["digits", "mnist", "both"])
-    ap.add_argument("--target", default="jetson", choices=list(SCHEMES))
+    ap.add_argument("--target", default="jetson", choices=list(TARGETS))
     ap.add_argument("--preset", default="default")
     ap.add_argument("--sources", default="vae,generator,noise,real")
     ap.add_argument("--seed", type=int, default=0)
@@ -106,48 +148,17 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     tasks = ["digits", "mnist"] if args.task == "both" else [args.task]
-    rows = []
+    settings = {"target": args.target, "preset": args.preset, "seed": args.seed}
     for name in tasks:
-        cfg, teacher, student, generator, memory, shape, x_train, x_test, y_test = distilled(name, args.preset, args.seed, args.mnist)
-        q = cfg.quantize
-        example = torch.randn(1, *shape)
-        fp32_path = export_onnx(student, CACHE / f"{name}-fp32.onnx", example)
-        fp32 = onnx_accuracy(fp32_path, x_test, y_test)
-        gen = lambda n: generator(torch.randn(n, cfg.distill.latent_dim)).detach()  # noqa: E731
-        rng = np.random.default_rng(args.seed)
-        sources = {
-            "vae": memory.sample,
-            "generator": gen,
-            "noise": lambda n: torch.randn(n, *shape),
-            "real": lambda n: x_train[torch.as_tensor(rng.choice(len(x_train), n, replace=False))],
-        }
-
-        def qat_batch() -> torch.Tensor:
-            half = q.qat_batch // 2
-            return torch.cat([memory.sample(half), gen(q.qat_batch - half)])
-
-        for source in args.sources.split(","):
-            torch.manual_seed(args.seed)
-            batches = [sources[source](min(q.qat_batch, q.calibration_samples - i)) for i in range(0, q.calibration_samples, q.qat_batch)]
-            accs, times = [], []
-            for steps in (0, q.qat_steps):
-                cfg_q = type(q)(**{**q.__dict__, "qat_steps": steps})
-                t0 = time.perf_counter()
-                res = quantize(student, teacher, batches, qat_batch, cfg_q, SCHEMES[args.target], source, example,
-                               kd_loss=cfg.distill.kd_loss)
-                path = export_onnx(res.model, CACHE / f"{name}-{source}-{steps}.onnx", example)
-                tidy_qdq(path)
-                times.append(time.perf_counter() - t0)
-                accs.append(onnx_accuracy(path, x_test, y_test))
-            rows.append((name, source, fp32, accs[0], accs[1], times[0], times[1]))
-            print(f"{name} {source}: fp32 {fp32:.4f} calib-only {accs[0]:.4f} qat {accs[1]:.4f}", file=sys.stderr)
-
-    print(f"\nINT8 ({args.target} scheme) on synthetic calibration; real test-split accuracy of the ONNX models in onnxruntime\n")
-    print("| task   | calibration | FP32   | INT8 calib only | INT8 after QAT | QAT - FP32 (pt) | time calib s | time QAT s |")
-    print("|--------|-------------|--------|-----------------|----------------|-----------------|--------------|------------|")
-    for name, source, fp32, a0, a1, t0, t1 in rows:
-        print(f"| {name:<6} | {source + (' (bound)' if source == 'real' else ''):<11} | {fp32:.4f} | {a0:15.4f} | "
-              f"{a1:14.4f} | {100 * (a1 - fp32):+15.2f} | {t0:12.1f} | {t1:10.1f} |")
+        parts = distilled(name, args.preset, args.seed, args.mnist)
+        tab = results.table(
+            f"INT8 ({args.target} scheme) from synthetic calibration, {name}: real test-split accuracy of the ONNX "
+            "models in onnxruntime",
+            ["task", "calibration", "FP32", "INT8 calib only", "INT8 after QAT", "QAT - FP32 (pt)", "time calib s",
+             "time QAT s"], source_rows(name, args, *parts),
+            notes="The FP32 student is the seed's distilled student of the preset; `real` (the task's training "
+                  "images) is the upper bound, which the pipeline never has.")
+        results.show(results.write(f"quantize-{name}", [tab], results.command_line(__file__), settings))
 
 
 if __name__ == "__main__":

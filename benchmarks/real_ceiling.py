@@ -9,6 +9,7 @@ distillation stage (default preset); only the inputs differ. With a shift N in `
 is also shifted by up to N pixels (the teacher labels the shifted image), the light augmentation the MNIST
 teacher was trained with. A data-free student below the no-shift row is limited by what its generator
 covers, not by its size.
+Writes benchmarks/results/real-ceiling-<task>.json and prints its tables.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
+import results  # noqa: E402
 from distill import load_task  # noqa: E402
 
 
@@ -67,6 +69,22 @@ def kd_on_real(teacher: torch.nn.Module, student: torch.nn.Module, x_train: torc
     return curve
 
 
+def ceiling_tables(task: str, rows: list, shifts: list[int], n_train: int, steps: int, batch: int) -> list[dict]:
+    """Per-run rows, and the mean final / teacher ratio per shift over the seeds."""
+    per_run = [[task, shift, seed, f"{curve[-1][1]:.4f}", f"{max(a for _, a in curve):.4f}", f"{teacher_acc:.4f}",
+                f"{curve[-1][1] / teacher_acc:.4f}", f"{wall:.0f}"] for shift, seed, teacher_acc, curve, wall in rows]
+    means = []
+    for shift in shifts:
+        ratios = [r[3][-1][1] / r[2] for r in rows if r[0] == shift]
+        means.append([shift, len(ratios), f"{statistics.mean(ratios):.4f}"])
+    return [
+        results.table(f"Student learning the teacher by KD on the real training split ({n_train:,} images), "
+                      f"{steps:,} steps of batch {batch}",
+                      ["task", "shift", "seed", "final", "peak", "teacher", "final / teacher", "wall s"], per_run),
+        results.table("Mean final / teacher over seeds", ["shift", "seeds", "final / teacher"], means),
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--task", choices=("digits", "mnist"), default="mnist")
@@ -100,19 +118,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  shift {shift} seed {seed}: " + ", ".join(f"{s}: {a:.4f}" for s, a in curve)
                   + f" ({wall:.0f} s)", flush=True)
 
-    print()
-    print(f"Student learning the teacher by KD on the real training split ({len(x_train):,} images), "
-          f"{args.steps:,} steps of batch {cfg.distill.batch_size}:")
-    print()
-    print("| task | shift | seed | final | peak | teacher | final / teacher | wall s |")
-    print("|---|---|---|---|---|---|---|---|")
-    for shift, seed, teacher_acc, curve, wall in rows:
-        final = curve[-1][1]
-        print(f"| {args.task} | {shift} | {seed} | {final:.4f} | {max(a for _, a in curve):.4f} | {teacher_acc:.4f} "
-              f"| {final / teacher_acc:.4f} | {wall:.0f} |")
-    for shift in shifts:
-        finals = [r[3][-1][1] / r[2] for r in rows if r[0] == shift]
-        print(f"\nshift {shift}: mean final / teacher {statistics.mean(finals):.4f} over {len(finals)} seed(s)")
+    tables = ceiling_tables(args.task, rows, shifts, len(x_train), args.steps, cfg.distill.batch_size)
+    settings = {"steps": args.steps, "batch": cfg.distill.batch_size, "threads": args.threads}
+    results.show(results.write(f"real-ceiling-{args.task}", tables, results.command_line(__file__, argv), settings))
     return 0
 
 

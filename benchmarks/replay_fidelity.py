@@ -13,6 +13,7 @@ alone); a reservoir of distill.memory_bytes only watches the stream the VAE lear
               teacher, Adam 1e-2, batch 128, `--kd-steps` steps): what the replay could teach on its own
 Stored samples are what a perfect generative memory would replay, so their row is the bound for the VAE's.
 Accuracy is on the real test split, for reporting only.
+Writes benchmarks/results/replay-fidelity.json and prints its tables.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+import results  # noqa: E402
 from distill import SCENARIOS, _parse_sets, load_task  # noqa: E402
 
 
@@ -98,6 +100,28 @@ def run_seed(seed: int, scenario: str, sets: dict, at: list[int] | None, n: int,
     return rows, evaluate(res.student)
 
 
+def fidelity_tables(rows: list[dict], finals: dict[int, float]) -> list[dict]:
+    """Every judged checkpoint, and their means over seeds."""
+    per_seed = [[r["seed"], r["step"], r["source"], f"{r['rarest']:.3f}", f"{r['commonest']:.3f}",
+                 f"{r['confidence']:.3f}", f"{r['kd_value']:.4f}"] for r in rows]
+    means = []
+    for step in sorted({r["step"] for r in rows}):
+        for source in ("vae", "stored"):
+            rs = [r for r in rows if r["step"] == step and r["source"] == source]
+            means.append([step, source, f"{statistics.mean(r['kd_value'] for r in rs):.4f}",
+                          f"{statistics.mean(r['rarest'] for r in rs):.3f}",
+                          f"{statistics.mean(r['commonest'] for r in rs):.3f}"])
+    finals_note = "Final accuracy of each run (its own student): " + ", ".join(
+        f"seed {s} {a:.4f}" for s, a in finals.items()) + "."
+    return [
+        results.table("Replay judged at each checkpoint",
+                      ["seed", "iteration", "replay", "rarest class", "commonest class", "teacher confidence",
+                       "kd value"], per_seed),
+        results.table("Mean over seeds", ["iteration", "replay", "kd value", "rarest class", "commonest class"], means,
+                      notes=finals_note),
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", default="2")
@@ -120,23 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         seed_rows, finals[seed] = run_seed(seed, args.scenario, sets, at, args.samples, args.kd_steps, args.out)
         rows += seed_rows
 
-    print("| seed | iteration | replay | rarest class | commonest class | teacher confidence | kd value |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['seed']} | {r['step']} | {r['source']} | {r['rarest']:.3f} | {r['commonest']:.3f} "
-              f"| {r['confidence']:.3f} | {r['kd_value']:.4f} |")
-    print()
-    print("Mean over seeds:")
-    print()
-    print("| iteration | replay | kd value | rarest class | commonest class |")
-    print("|---|---|---|---|---|")
-    for step in sorted({r["step"] for r in rows}):
-        for source in ("vae", "stored"):
-            rs = [r for r in rows if r["step"] == step and r["source"] == source]
-            print(f"| {step} | {source} | {statistics.mean(r['kd_value'] for r in rs):.4f} "
-                  f"| {statistics.mean(r['rarest'] for r in rs):.3f} | {statistics.mean(r['commonest'] for r in rs):.3f} |")
-    print()
-    print("Final accuracy of each run (its own student): " + ", ".join(f"seed {s} {a:.4f}" for s, a in finals.items()))
+    settings = {"scenario": args.scenario, "sets": sets, "samples": args.samples, "kd_steps": args.kd_steps}
+    results.show(results.write("replay-fidelity", fidelity_tables(rows, finals), results.command_line(__file__, argv),
+                               settings))
     return 0
 
 

@@ -6,11 +6,13 @@ T1 (the built-in teacher) is distilled into a parent bundle. T2 is T1 fine-tuned
 trade places. The parent is updated toward T2 twice from the same starting point: with replay from
 the bundle's VAE, and without replay. On the real digits test split the table shows agreement with
 T2 on the changed classes (what the update must learn) and on the other classes (what it must keep).
+Writes benchmarks/results/update.json and prints its table.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -25,6 +27,10 @@ from core.tasks import digits
 from core.teacher import load_weights
 from core.ui import Console
 from pipeline.update import update_bundle
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import results  # noqa: E402
 
 SWAP = {1: 7, 7: 1}
 
@@ -59,8 +65,8 @@ def main() -> None:
     changed = np.isin(y.numpy(), list(SWAP))
 
     def score(name: str, pred: np.ndarray, wall: float | None) -> None:
-        rows.append((name, (pred[changed] == y2[changed]).mean(), (pred[~changed] == y2[~changed]).mean(),
-                     (pred == y2).mean(), wall))
+        rows.append([name, f"{(pred[changed] == y2[changed]).mean():.4f}", f"{(pred[~changed] == y2[~changed]).mean():.4f}",
+                     f"{(pred == y2).mean():.4f}", "-" if wall is None else f"{wall:.1f}"])
 
     with torch.no_grad():
         score("T2 (new teacher)", t2(x).argmax(1).numpy(), None)
@@ -74,13 +80,14 @@ def main() -> None:
         score(f"updated, replay={replay}", onnx_predict(dest / "student_int8.onnx", x.numpy()).argmax(1),
               time.perf_counter() - t)
 
-    print(f"\nUpdate toward T2 (classes 1<->7 swapped), digits test split, INT8 students; preset {args.preset}, "
-          f"{args.update_iterations} update iterations\n")
-    print(f"| {'model':<24} | changed classes | other classes | all    | wall s |")
-    print(f"|{'-' * 26}|-----------------|---------------|--------|--------|")
-    for name, c, o, a, wall in rows:
-        w = f"{wall:6.1f}" if wall is not None else "     -"
-        print(f"| {name:<24} | {c:15.4f} | {o:13.4f} | {a:.4f} | {w} |")
+    tab = results.table(
+        f"Update toward T2 (classes 1<->7 swapped), digits test split, INT8 students; preset {args.preset}, "
+        f"{args.update_iterations} update iterations, seed {args.seed}",
+        ["model", "changed classes (1<->7)", "other classes", "all", "wall s"], rows,
+        notes="Agreement with T2's labels on the real test split: the changed classes are what the update must "
+              "learn, the other classes what it must keep. The parent's wall time is its whole `pipeline run`.")
+    settings = {"preset": args.preset, "update_iterations": args.update_iterations, "seed": args.seed}
+    results.show(results.write("update", [tab], results.command_line(__file__), settings))
 
 
 if __name__ == "__main__":

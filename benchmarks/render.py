@@ -1,0 +1,87 @@
+"""Rewrite the generated blocks of benchmarks/README.md from benchmarks/results/*.json.
+
+    python benchmarks/render.py            # rewrite the README
+    python benchmarks/render.py --check    # exit 1 if the README differs from what the JSON renders
+
+A block lies between `<!-- results:NAME -->` and `<!-- /results:NAME -->` and shows results/NAME.json:
+the command that produced it, the host it ran on, its settings and its tables. Everything between the
+markers is generated, so numbers are changed by rerunning a benchmark, never by editing the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import results  # noqa: E402
+
+README = Path(__file__).resolve().parent / "README.md"
+BLOCK = re.compile(r"(<!-- results:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /results:(?P=name) -->)", re.S)
+
+# The command that fills a block, for blocks named otherwise than `python benchmarks/<name>.py`.
+COMMANDS = {
+    "quantize-digits": "python benchmarks/quantize.py --task digits",
+    "quantize-mnist": "python benchmarks/quantize.py --task mnist",
+    "own-teacher-tabular": "python benchmarks/own_teacher.py --only tabular",
+    "own-teacher-image": "python benchmarks/own_teacher.py --only image",
+    "real-ceiling-mnist": "python benchmarks/real_ceiling.py --task mnist --seeds 0,1",
+    "replay-fidelity": "python benchmarks/replay_fidelity.py --seeds 2,3",
+}
+
+
+def command_for(name: str) -> str:
+    return COMMANDS.get(name, f"python benchmarks/{name}.py")
+
+
+def _value(v) -> str:
+    return v if isinstance(v, str) else json.dumps(v)
+
+
+def block(name: str, doc: dict | None) -> str:
+    """The generated text between a block's markers."""
+    if doc is None:
+        return f"Not measured yet: run `{command_for(name)}`.\n"
+    head = f"`{doc['command']}`, measured on {doc['measured_on']}."
+    if doc.get("settings"):
+        head += " Settings: " + ", ".join(f"{k} = {_value(v)}" for k, v in doc["settings"].items()) + "."
+    return f"{head}\n\n{results.tables_markdown(doc)}\n"
+
+
+def load_all(folder: Path) -> dict[str, dict]:
+    return {p.stem: results.load(p) for p in sorted(folder.glob("*.json"))}
+
+
+def render(text: str, docs: dict[str, dict]) -> str:
+    """`text` with every block rewritten from `docs`; a result with no block in `text` is an error."""
+    names = {m.group("name") for m in BLOCK.finditer(text)}
+    orphans = sorted(set(docs) - names)
+    if orphans:
+        raise SystemExit(f"no <!-- results:NAME --> block in the README for: {', '.join(orphans)}")
+    return BLOCK.sub(lambda m: m.group(1) + block(m.group("name"), docs.get(m.group("name"))) + m.group(4), text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="exit 1 if the README is stale, change nothing")
+    ap.add_argument("--readme", type=Path, default=README)
+    ap.add_argument("--results", type=Path, default=results.RESULTS)
+    args = ap.parse_args(argv)
+    text = args.readme.read_text(encoding="utf-8")
+    new = render(text, load_all(args.results))
+    if args.check:
+        if new != text:
+            print(f"{args.readme} is stale: run python benchmarks/render.py", file=sys.stderr)
+            return 1
+        return 0
+    if new != text:
+        args.readme.write_text(new, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
