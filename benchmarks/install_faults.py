@@ -20,7 +20,6 @@ Results: benchmarks/results/install_faults.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import random
@@ -34,13 +33,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from core.tasks import digits
-from pipeline.trust.install import SLOTS, current_slot
-from core.health import health_check
-from core.signing import load_public_key
-from core.trust import check_bundle
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-RESULTS = Path(__file__).resolve().parent / "results" / "install_faults.json"
+import results  # noqa: E402
+from core.tasks import digits  # noqa: E402
+from pipeline.trust.install import SLOTS, current_slot  # noqa: E402
+from core.health import health_check  # noqa: E402
+from core.signing import load_public_key  # noqa: E402
+from core.trust import check_bundle  # noqa: E402
+
 FAULT_ENV = "PIPELINE_FAULT_AT"
 
 
@@ -147,13 +148,12 @@ def update_point(upper: float, rng: random.Random, parent: Path, config: Path, w
             "survived": ok, "current": "switched" if after != before else "kept", "detail": detail}
 
 
-def render(results: dict) -> str:
+def summary_rows(results: dict) -> list[list]:
+    """(measure, value) rows of the fault-injection table, from the run's raw results."""
     pts = results["points"]
     by_kind = {k: [p for p in pts if p["kind"] == k] for k in ("install", "update")}
     t = results["timings"]
     lines = [
-        "| measure | value |",
-        "|---|---|",
         f"| kills survived (afterwards `current` verifies and passes its health check) | "
         f"**{sum(p['survived'] for p in pts if p['killed'])} of {sum(p['killed'] for p in pts)}** ({len(pts)} points) |",
         *(f"| {k} killed (survived / killed / points) | {sum(p['survived'] for p in v)} / {sum(p['killed'] for p in v)} / {len(v)} |"
@@ -171,7 +171,7 @@ def render(results: dict) -> str:
         f"{t['verify_ms']:.1f} ms (target < 50 ms) |",
         f"| `pipeline verify` command, interpreter start included (median) | {t['verify_cli_ms']:.0f} ms |",
     ]
-    return "\n".join(lines)
+    return [[cell.strip() for cell in line.strip("|").split(" | ", 1)] for line in lines]
 
 
 def main() -> None:
@@ -213,8 +213,7 @@ def main() -> None:
                   f"current={p['current']} ({p['detail']})", file=sys.stderr)
         import onnxruntime
 
-        results = {
-            "command": " ".join(["python", "benchmarks/install_faults.py", *sys.argv[1:]]),
+        raw = {
             "bundle": "smoke-preset jetson digits bundle",
             "seed": args.seed,
             "host": f"{platform.machine()}, {os.cpu_count()} cpus, python {platform.python_version()}, "
@@ -226,9 +225,8 @@ def main() -> None:
             "timings": timings,
             "points": points,
         }
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-        print(render(json.loads(RESULTS.read_text())))
+        table = results.table("Installs and updates killed with SIGKILL", ["measure", "value"], summary_rows(raw))
+        results.show(results.write("install_faults", [table], results.command_line(__file__), raw))
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)

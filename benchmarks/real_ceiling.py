@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 import results  # noqa: E402
-from distill import load_task  # noqa: E402
+from replay import load_task  # noqa: E402
 
 
 def train_split(task: str, mnist_path: Path) -> torch.Tensor:

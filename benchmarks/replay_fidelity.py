@@ -32,7 +32,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import results  # noqa: E402
-from distill import SCENARIOS, _parse_sets, load_task  # noqa: E402
+from replay import SCENARIOS, _parse_sets, load_task  # noqa: E402
 
 
 def kd_value(student: torch.nn.Module, samples: torch.Tensor, t_logits: torch.Tensor, evaluate, steps: int) -> float:

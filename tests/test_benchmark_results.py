@@ -49,7 +49,6 @@ def test_every_result_has_a_block_and_every_block_renders():
     assert len(names) == len(set(names))
     assert set(render.load_all(results.RESULTS)) <= set(names)
     assert set(render.COMMANDS) <= set(names)
-    assert "distill" in names  # kept for the distillation benchmark's own results
 
 
 def test_render_fills_blocks_and_is_idempotent():
