@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import platform
 import shlex
 import socket
 import sys
@@ -36,23 +35,14 @@ def command_line(script: str, argv: list[str] | None = None) -> str:
     return shlex.join(["python", f"benchmarks/{Path(script).name}", *args])
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def measured_on() -> str:
     # Imported here, not at the top: rendering and its test need neither library.
     import onnxruntime
     import torch
 
-    return (f"host {socket.gethostname()}, {_cpu_model()} ({os.cpu_count()} cores), "
+    from targets.runners import cpu_model
+
+    return (f"host {socket.gethostname()}, {cpu_model()} ({os.cpu_count()} cores), "
             f"{torch.get_num_threads()} torch thread(s), torch {torch.__version__}, onnxruntime {onnxruntime.__version__}")
 
 

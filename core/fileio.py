@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from core.errors import RunError
+from core.errors import RunError, UsageError
 
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 _PROBE_BYTES = 1 << 20
@@ -45,7 +45,8 @@ def _write_error(path: Path, exc: OSError) -> RunError:
     return RunError(f"could not write {path}: {exc.strerror or exc}")
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_path(directory: Path) -> None:
+    """Flush a file or directory entry to disk where the file system can; a no-op where it cannot."""
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:
@@ -91,7 +92,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_path(path.parent)
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -140,3 +141,13 @@ def torch_load_reason(exc: BaseException) -> str:
             return f"the pickle references code, which is never executed ({detail[:160]})"
         return f"not a weights-only pickle ({detail[:160] or 'unreadable'})"
     return lines[0][:200]
+
+
+def read_input(path: Path, what: str) -> bytes:
+    """A file the user named, whole; missing or unreadable is their one-line usage error."""
+    if not path.is_file():
+        raise UsageError(f"{what} not found: {path}")
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{what} {path} cannot be read: {exc.strerror or exc}") from exc

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from core.bundle import MANIFEST
 from core.errors import RunError, UsageError
-from core.fileio import write_bytes, write_json
+from core.fileio import read_input, write_bytes, write_json
 
 SIGNATURE = MANIFEST + ".sig"
 PRIVATE_KEY = "signing_key.pem"
@@ -51,17 +51,8 @@ def generate_keypair(out_dir: Path) -> tuple[Path, Path]:
     return private_path, public_path
 
 
-def _read_key_file(path: Path, what: str) -> bytes:
-    if not path.is_file():
-        raise UsageError(f"{what} not found: {path}")
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"{what} {path} cannot be read: {exc.strerror or exc}") from exc
-
-
 def load_private_key(path: str | Path) -> Ed25519PrivateKey:
-    data = _read_key_file(Path(path), "signing key")
+    data = read_input(Path(path), "signing key")
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:
@@ -72,7 +63,7 @@ def load_private_key(path: str | Path) -> Ed25519PrivateKey:
 
 
 def load_public_key(path: str | Path) -> Ed25519PublicKey:
-    data = _read_key_file(Path(path), "trust key")
+    data = read_input(Path(path), "trust key")
     try:
         key = serialization.load_pem_public_key(data)
     except (ValueError, TypeError) as exc:

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from core.bundle import MANIFEST, Manifest, parse_manifest
 from core.errors import RunError, UsageError
-from core.fileio import sha256_file
+from core.fileio import read_input, sha256_file
 from core.signing import load_public_key, verify_signature
 
 TRUST_ENV = "PIPELINE_TRUST_KEY"
@@ -40,13 +40,9 @@ def trust_key_path(option: str | None) -> str | None:
 def _read_manifest_bytes(bundle: Path) -> bytes:
     if not bundle.is_dir():
         raise UsageError(f"bundle directory not found: {bundle}")
-    path = bundle / MANIFEST
-    if not path.is_file():
+    if not (bundle / MANIFEST).is_file():
         raise UsageError(f"not a bundle (no {MANIFEST}): {bundle}")
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"{path} cannot be read: {exc.strerror or exc}") from exc
+    return read_input(bundle / MANIFEST, "manifest")
 
 
 def _parse(data: bytes) -> Manifest:

@@ -16,6 +16,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from functools import partial
 from typing import Callable
 
 import numpy as np
@@ -55,29 +56,33 @@ def percentiles(samples_ms) -> dict:
 
 
 def time_calls(call: Callable[[], object], runs: int | None = None, duration_s: float | None = None,
-               warmup: int = 10) -> tuple[list[float], list]:
+               warmup: int = 10, keep: bool = False) -> tuple[list[float], list]:
     """Time `runs` calls (default 200), or as many as fit in `duration_s` (at least 10, and at least `runs`
-    if both are given), after `warmup` untimed ones. Returns the wall times in ms and what each call returned
-    (a runtime's own device time, or None)."""
+    if both are given), after `warmup` untimed ones. Returns the wall times in ms and, with `keep`, what each
+    call returned (a runtime's own device time)."""
     for _ in range(warmup):
         call()
     clock = time.perf_counter_ns
     samples_ns: list[int] = []
     returned: list = []
-    append, keep = samples_ns.append, returned.append
+    append = samples_ns.append
     if duration_s is None:
         for _ in range(runs or DEFAULT_RUNS):
             t0 = clock()
-            keep(call())
+            out = call()
             append(clock() - t0)
+            if keep:
+                returned.append(out)
     else:
         min_runs = max(MIN_DURATION_RUNS, runs or 0)
         deadline = clock() + int(duration_s * 1e9)
         while True:
             t0 = clock()
-            keep(call())
+            out = call()
             t1 = clock()
             append(t1 - t0)
+            if keep:
+                returned.append(out)
             if t1 >= deadline and len(samples_ns) >= min_runs:
                 break
     return [ns / 1e6 for ns in samples_ns], returned
@@ -164,7 +169,7 @@ def _peak_rss_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -176,7 +181,7 @@ def _cpu_model() -> str:
 
 
 def measured_on() -> str:
-    return f"host: {socket.gethostname()}, {_cpu_model()}, onnxruntime {ort.__version__}"
+    return f"host: {socket.gethostname()}, {cpu_model()}, onnxruntime {ort.__version__}"
 
 
 def _make_session(model_path, threads, providers, provider_options, graph_optimization) -> ort.InferenceSession:
@@ -256,7 +261,7 @@ def measure_onnx(
     # numpy input and allocates and converts fresh output arrays on every call, while the binding reuses
     # the same input and preallocated output buffers, so the timed region is the inference and nothing else.
     run, io = bound.sess.run_with_iobinding, bound.binding
-    samples_ms, _ = time_calls(lambda: run(io), runs, duration_s, max(warmup - 1, 0))  # _bind ran once already
+    samples_ms, _ = time_calls(partial(run, io), runs, duration_s, max(warmup - 1, 0))  # _bind ran once already
     row = latency_row("onnxruntime", sess.get_providers()[0], label or model_path.name, batch, threads, samples_ms,
                       measured_on(), peak_rss_mb=round(_peak_rss_mb(), 1),
                       session_mem_mb=(round(rss_after - rss_before, 1)

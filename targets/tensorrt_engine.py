@@ -501,7 +501,7 @@ def benchmark_engine(
         if not context.execute_async_v3(cuda.handle):
             raise RunError("TensorRT execute_async_v3 failed")
 
-    wall, gpu = time_calls(lambda: cuda.timed(enqueue), runs, duration_s, warmup)
+    wall, gpu = time_calls(lambda: cuda.timed(enqueue), runs, duration_s, warmup, keep=True)
     return latency_row("tensorrt", "dla" if dla_core is not None else "gpu", engine_path.name, batch, None, wall,
                        f"{socket.gethostname()}, {_gpu_name()}, TensorRT {trt.__version__}",
                        gpu_compute_ms=float(np.mean(gpu)))

@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from core.bundle import MANIFEST, Manifest
 from core.errors import RunError, UsageError
+from core.fileio import fsync_path
 from pipeline.trust.faults import checkpoint
 from core.health import health_check
 from core.signing import SIGNATURE
@@ -55,16 +56,6 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # not every file system can sync a directory
-    finally:
-        os.close(fd)
 
 
 @contextmanager
@@ -132,7 +123,7 @@ def _copy_bundle(src: Path, dst: Path, manifest: Manifest) -> None:
     for name in names:
         _copy_file(src / name, dst / name)
     for d in sorted({(dst / n).parent for n in names}, key=lambda p: len(p.parts), reverse=True):
-        _fsync(d)
+        fsync_path(d)
     checkpoint()
 
 
@@ -143,7 +134,7 @@ def switch_current(into: Path, slot: Path) -> None:
     checkpoint()
     os.replace(tmp, into / CURRENT)
     checkpoint()
-    _fsync(into)
+    fsync_path(into)
     checkpoint()
 
 
@@ -193,7 +184,7 @@ def install(bundle: Path, into: Path, trusted: Ed25519PublicKey | None, allow_do
             slot = slots_dir / f"{seq:04d}-v{manifest.version}-{sha}"
             os.rename(partial, slot)
             checkpoint()
-            _fsync(slots_dir)
+            fsync_path(slots_dir)
             checkpoint()
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
