@@ -86,12 +86,16 @@ class AdversarialSynthesizer:
     def sample(self, n: int) -> torch.Tensor:
         return self.generator(self._noise(n))
 
+    def _parts(self) -> dict:
+        """What a checkpoint holds to resume the synthesizer exactly."""
+        return {"generator": self.generator, "opt": self.opt}
+
     def state_dict(self) -> dict:
-        return {"generator": self.generator.state_dict(), "opt": self.opt.state_dict()}
+        return {name: part.state_dict() for name, part in self._parts().items()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.generator.load_state_dict(state["generator"])
-        self.opt.load_state_dict(state["opt"])
+        for name, part in self._parts().items():
+            part.load_state_dict(state[name])
 
     def close(self) -> None:
         """Take the hooks off the teacher."""
@@ -128,12 +132,8 @@ class MetaSynthesizer(AdversarialSynthesizer):
     def sample(self, n: int) -> torch.Tensor:
         return self.fast(self._noise(n))
 
-    def state_dict(self) -> dict:
-        return {"generator": self.generator.state_dict(), "fast": self.fast.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.generator.load_state_dict(state["generator"])
-        self.fast.load_state_dict(state["fast"])
+    def _parts(self) -> dict:
+        return {"generator": self.generator, "fast": self.fast}
 
 
 class _NoisyEmbedding(nn.Module):
@@ -185,12 +185,8 @@ class ConditionalSynthesizer(AdversarialSynthesizer):
         self.condition.eval()  # the round's layer, with its batch statistics as learnt
         return self.generator(self.condition(self._labels(n, None)[torch.randperm(n, device=self.device)]))
 
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "condition": self.condition.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        self.condition.load_state_dict(state["condition"])
+    def _parts(self) -> dict:
+        return {**super()._parts(), "condition": self.condition}
 
 
 def build_synthesizer(cfg: DistillConfig, teacher: nn.Module, shape: tuple[int, ...], device: torch.device,
