@@ -16,7 +16,7 @@ demo: install
 	$(BIN)/pipeline run --target jetson --eval digits --out runs/demo --force
 
 test: install
-	$(BIN)/python -m pytest -q -n 2 tests  # one worker per core of the 2-core machines: 6-8 instead of about 10 minutes
+	$(BIN)/python -m pytest -q -n 2 tests  # one worker per core of the 2-core machines
 
 clean:
 	rm -rf $(VENV) runs
