@@ -35,6 +35,8 @@ COMMANDS = {
     "distill-lenet5": "python benchmarks/distill.py --teachers lenet5 --time-budget 600 --name distill-lenet5",
     "distill-bn_cnn-clean": "python benchmarks/distill.py --teachers bn_cnn --time-budget 840 --set distill.input_noise=0 --set distill.input_attack=0 --name distill-bn_cnn-clean",
     "distill-lenet5-clean": "python benchmarks/distill.py --teachers lenet5 --time-budget 600 --set distill.input_noise=0 --set distill.input_attack=0 --name distill-lenet5-clean",
+    "distill-resnet_small": "python benchmarks/distill.py --teachers resnet_small --time-budget 600 --name distill-resnet_small",
+    "distill-mlp": "python benchmarks/distill.py --teachers mlp --time-budget 600 --name distill-mlp",
     "distill-digits": "python benchmarks/distill.py --teachers digits_cnn,digits_mlp_bn --name distill-digits",
     "replay-standard": "python benchmarks/replay.py --task digits --modes vae,none --seeds 0,1,2,3",
     "replay-class-by-class": "python benchmarks/replay.py --task digits --scenario class-by-class --modes vae,none --seeds 0,1,2,3",
