@@ -82,8 +82,7 @@ def _train(s: Session, cfg: DistillConfig, evaluate, progress, inform) -> None:
             # 3. Remember: the memory learns the newest clean samples.
             if k < cfg.vae_steps:
                 s.remember(x_new, replay, None if s.perturbed else t_all)
-        if s.sched is not None:
-            s.sched.step()
+        s.anneal()
         fitted = float((out.argmax(1) == t_all.argmax(1)).float().mean())  # on its own last training batch
         if s.after_iteration(it + 1, started, t0, evaluate, progress, inform, loss_s, loss_g, fitted):
             break

@@ -263,6 +263,12 @@ class Session:
             self.stopped_by = stop
         return stop
 
+    def anneal(self) -> None:
+        """One step of the cosine schedule, held at its floor past `T_max`: a budget's plan may end before the
+        run does, and cosine annealing run past its period would raise the learning rate again."""
+        if self.sched is not None and self.sched.last_epoch < self.sched.T_max:
+            self.sched.step()
+
     def _row(self, step: int, elapsed: float, evaluate, loss_s, loss_g, train_agreement: float) -> dict:
         return {"step": step, "agreement": agreement(self.shipped, self.probes, self.probe_labels),
                 "train_agreement": round(train_agreement, 4), "accuracy": evaluate(self.shipped) if evaluate else None,
