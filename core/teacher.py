@@ -569,14 +569,16 @@ def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
-def load_teacher(cfg) -> tuple[nn.Module, TaskSpec]:
-    """`cfg`: a run config (its `teacher` section and `config_dir`)."""
+def load_teacher(cfg, weights: bool = True) -> tuple[nn.Module, TaskSpec]:
+    """`cfg`: a run config (its `teacher` section and `config_dir`). `weights=False` builds the architecture
+    only, for weights that come from elsewhere (a program carries its own either way)."""
     t = cfg.teacher
     if t.builtin == "digits":
         from core.tasks import digits
 
         model = digits.build_teacher()
-        load_weights(model, digits.WEIGHTS)
+        if weights:
+            load_weights(model, digits.WEIGHTS)
         spec = TaskSpec(digits.INPUT_SHAPE, digits.NUM_CLASSES, digits.CLASSES, digits.MEAN, digits.STD,
                         digits.SCALE, "built-in digits teacher")
     else:
@@ -587,9 +589,9 @@ def load_teacher(cfg) -> tuple[nn.Module, TaskSpec]:
             source = f"program {t.program}"
         else:
             model = build_from_factory(t.factory, cfg.config_dir)
-            if t.weights:
+            if t.weights and weights:
                 load_weights(model, resolve_path(cfg, t.weights))
-            else:
+            elif not t.weights:
                 warn_once("teacher has no 'weights': using the factory's own initialisation")
             source = f"factory {t.factory}"
         spec = TaskSpec(tuple(t.input_shape), t.num_classes, t.classes, list(t.mean) or [0.0], list(t.std) or [1.0],
@@ -598,3 +600,16 @@ def load_teacher(cfg) -> tuple[nn.Module, TaskSpec]:
     for p in model.parameters():
         p.requires_grad_(False)
     return as_logits_teacher(model, spec, t.output), spec
+
+
+def teacher_architecture(section: dict, config_dir: str | None) -> nn.Module:
+    """The teacher's own architecture, trainable and without its weights, from its `[teacher]` section as a
+    run stored it: the student of a run that quantizes the model itself."""
+    from types import SimpleNamespace
+
+    from core.teacher_config import TeacherConfig
+
+    model, _ = load_teacher(SimpleNamespace(teacher=TeacherConfig(**section), config_dir=config_dir), weights=False)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model

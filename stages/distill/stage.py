@@ -19,7 +19,8 @@ from core.errors import RunError, UsageError
 from core.evaluation import check_compatible, evaluator
 from core.fileio import write_json
 from core.settings import resolve_path
-from core.teacher import TaskSpec, build_from_factory, has_batchnorm, load_teacher, load_weights
+from core.teacher import (TaskSpec, build_from_factory, has_batchnorm, load_teacher, load_weights,
+                          teacher_architecture)
 from core.ui import Console
 from core.world import World, world_from_env
 from stages.distill import parallel
@@ -42,6 +43,8 @@ def student_for(cfg, teacher: nn.Module, spec: TaskSpec) -> tuple[nn.Module, dic
 def rebuild_student(spec: dict) -> nn.Module:
     if spec.get("family") == "factory":
         return build_from_factory(spec["factory"], spec.get("config_dir"), what="student factory")
+    if spec.get("family") == "teacher":  # a run that quantizes the model itself (no distillation)
+        return teacher_architecture(spec["teacher"], spec.get("config_dir"))
     return build_student(spec)
 
 

@@ -45,17 +45,19 @@ class AdversarialSynthesizer:
     def _optimizer(self, params) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=self.cfg.lr_generator, betas=(0.5, 0.999))
 
-    def objective(self, x: torch.Tensor, student: nn.Module, focus: list[int] | None,
+    def objective(self, x: torch.Tensor, student: nn.Module | None, focus: list[int] | None,
                   labels: torch.Tensor | None = None) -> torch.Tensor:
         """The generator's loss on a batch it made; with `labels`, cross-entropy to the asked classes replaces
-        the confidence term (and class balance, which the labels already give)."""
+        the confidence term (and class balance, which the labels already give). Without a student (a model
+        quantized as it is) there is nothing to disagree with: the teacher's priors alone."""
         with self.bn:
             t_logits = self.teacher(x)
             bn_loss = self.bn.loss()
+        zero = torch.zeros((), device=x.device)
         terms = {
-            "adversarial": criteria.adversarial_loss(self.cfg.adversarial, student(x), t_logits),
+            "adversarial": criteria.adversarial_loss(self.cfg.adversarial, student(x), t_logits) if student is not None else zero,
             "bn": bn_loss,
-            "balance": criteria.class_balance(t_logits, focus) if labels is None else torch.zeros((), device=x.device),
+            "balance": criteria.class_balance(t_logits, focus) if labels is None else zero,
             "onehot": criteria.onehot(t_logits, focus) if labels is None else F.cross_entropy(t_logits, labels),
             "activation": criteria.activation(self.features.features),
         }
@@ -69,10 +71,11 @@ class AdversarialSynthesizer:
         opt.step()
         return True
 
-    def step(self, student: nn.Module, batch: int, focus: list[int] | None = None) -> torch.Tensor:
+    def step(self, student: nn.Module | None, batch: int, focus: list[int] | None = None) -> torch.Tensor:
         """`synthesis_steps` generator updates on fresh batches; returns the last loss."""
         self.generator.train()
-        student.eval()
+        if student is not None:
+            student.eval()
         for _ in range(self.cfg.synthesis_steps):
             loss = self.objective(self.trainer(self._noise(batch)), student, focus)
             if not self._update(self.opt, loss):
