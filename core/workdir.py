@@ -26,6 +26,10 @@ GENERATOR = "generator.safetensors"
 FP32_ONNX = "student_fp32.onnx"
 INT8_ONNX = "student_int8.onnx"
 
+# run.json's "source": what the run's student is. A distilled run carries no such key.
+DISTILLED = "distilled"
+OWN_MODEL = "own model"  # the user's model itself, quantized without distillation (stages.quantize.own_model)
+
 
 def read_run(out_dir: Path) -> dict:
     path = Path(out_dir) / RUN_FILE
@@ -69,9 +73,14 @@ def load_module(module: nn.Module, path: Path) -> nn.Module:
     return module
 
 
+def source(run: dict) -> str:
+    return run.get("source", DISTILLED)
+
+
 def require(out_dir: Path, run: dict, stage: str) -> None:
     if stage not in run.get("stages", {}):
-        cmd = {"distill": "pipeline distill", "quantize": "pipeline quantize"}[stage]
+        cmd = {"distill": "pipeline distill", "samples": "pipeline quantize --config",
+               "quantize": "pipeline quantize"}[stage]
         raise UsageError(f"{out_dir}: stage '{stage}' has not finished; run `{cmd}` on it first")
 
 
@@ -83,12 +92,12 @@ def check_force_resume(force: bool, resume: bool) -> None:
         raise UsageError("--force and --resume contradict each other: --force starts over, --resume continues")
 
 
-def prepare_out_dir(out: Path, force: bool, resume: bool) -> None:
+def prepare_out_dir(out: Path, force: bool, resume: bool, resumable: bool = True) -> None:
     """Refuse to mix two runs in one directory unless asked to overwrite or resume.
 
     --force clears a previous pipeline run (a directory with run.json) and nothing else: a directory
     holding other files is never emptied. --resume keeps the run and drops temporaries a killed
-    process left behind.
+    process left behind. `resumable`: whether the command offers --resume at all.
     """
     check_force_resume(force, resume)
     if out.exists() and not out.is_dir():
@@ -104,7 +113,8 @@ def prepare_out_dir(out: Path, force: bool, resume: bool) -> None:
     if holds_files and not (force or resume):
         if not is_run:
             raise UsageError(f"--out {out} already holds files that are not a pipeline run; choose a new or empty directory")
-        raise UsageError(f"--out {out} already holds a run; pass --force to overwrite or --resume to continue that run")
+        resume_hint = " or --resume to continue that run" if resumable else ""
+        raise UsageError(f"--out {out} already holds a run; pass --force to overwrite{resume_hint}")
     try:
         if force and is_run:
             for child in out.iterdir():  # only a previous pipeline run's contents are cleared

@@ -55,7 +55,7 @@ PRESET_VALUES: dict[str, dict[str, dict[str, Any]]] = {
     "smoke": {
         "distill": {"iterations": 12, "kd_steps": 2, "batch_size": 64, "replay_batch": 16, "eval_every": 4,
                     "probe_per_class": 4, "checkpoint_every": 6, "vae_steps": 1, "attack_steps": 1},
-        "quantize": {"calibration_samples": 64, "qat_steps": 4, "qat_batch": 32},
+        "quantize": {"calibration_samples": 64, "qat_steps": 4, "qat_batch": 32, "generator_steps": 8},
         "export": {"benchmark_runs": 20},
     },
     "default": {},

@@ -1,6 +1,7 @@
 """The stages chained: each reads the run directory the previous one wrote, with the config stored there.
 
-distill  -> student, VAE and generator weights (stages.distill.stage)
+distill  -> student, VAE and generator weights (stages.distill.stage); or, for INT8 of the user's own
+            model, the model itself as the student and a sample generator (stages.quantize.own_model)
 quantize -> FP32 and INT8 ONNX models (stages.quantize.stage)
 export   -> the target's artifacts, manifest.json, latency and report.{json,md,html} (stages.export)
 """
@@ -19,6 +20,7 @@ from pipeline.config import RunConfig, config_from_dict
 from pipeline.report import write_reports
 from stages.distill.stage import stage_distill
 from stages.export.stage import stage_export
+from stages.quantize.own_model import prepare_own_model
 from stages.quantize.stage import stage_quantize
 from targets.registry import get_target
 
@@ -32,7 +34,7 @@ def _stored(out: Path, after: str) -> tuple[dict, RunConfig]:
 def quantize(out: Path, console: Console, target: str | None = None, max_drop: float | None = None) -> dict:
     """Stage 2 on a distilled directory, for `target` (the run's own by default); `max_drop` replaces the
     run's `quantize.max_drop` when given."""
-    _, cfg = _stored(out, "distill")
+    _, cfg = _stored(out, "samples" if wd.source(wd.read_run(out)) == wd.OWN_MODEL else "distill")
     cfg.target = target or cfg.target
     if max_drop is not None:
         cfg.quantize.max_drop = max_drop
@@ -65,6 +67,17 @@ def run_all(cfg: RunConfig, out: Path, console: Console, resume: bool = False, f
     run = wd.read_run(out)
     if not (resume and "quantize" in run["stages"] and run["config"]["target"] == cfg.target):
         quantize(out, console, cfg.target)
+    report = export(out, console, cfg.target)
+    report["total_wall_s"] = round(time.perf_counter() - t0, 1)
+    return report
+
+
+def quantize_own_model(cfg: RunConfig, out: Path, console: Console, force: bool = False) -> dict:
+    """INT8 of the model itself into `out`: its synthetic samples, then stages 2 and 3 as after a distillation."""
+    prepare_out_dir(out, force, resume=False, resumable=False)
+    t0 = time.perf_counter()
+    prepare_own_model(cfg, out, console)
+    quantize(out, console, cfg.target)
     report = export(out, console, cfg.target)
     report["total_wall_s"] = round(time.perf_counter() - t0, 1)
     return report

@@ -56,9 +56,12 @@ def stage_export(cfg, out: Path, console: Console, target: Target, parent: str |
         "created": manifest.created,
         "pipeline_version": __version__,
         "teacher": spec["source"],
+        "source": wd.source(run),
         "deploy": decision,
         "accuracy": accuracy,
-        "distillation": run["stages"]["distill"],
+        # A distilled run has its distillation; a model quantized as it is, its samples' generator instead.
+        **{key: run["stages"][stage] for key, stage in (("distillation", "distill"), ("samples", "samples"))
+           if stage in run["stages"]},
         "quantization": run["stages"]["quantize"],
         "latency": latency,
         "artifacts": [{"path": a.path, "role": a.role, "bytes": a.bytes} for a in manifest.artifacts],

@@ -17,6 +17,9 @@ class QuantizeConfig:
     qat_batch: int = setting(128, gt=0)
     qat_lr: float = setting(1e-4, gt=0)
     fast_bias_correction: bool = True
+    # Quantizing a model itself (`pipeline quantize --config`): rounds of training the generator that makes
+    # its calibration and fine-tuning samples (a distilled run uses the distillation's generator).
+    generator_steps: int = setting(200, gt=0)
     # Agreement points (on synthetic probes) INT8 may cost; the most sensitive layers stay in float
     # until the estimate is within it. None quantizes every layer.
     max_drop: float | None = setting(None, ge=0)
