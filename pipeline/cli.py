@@ -196,21 +196,67 @@ def distill(obj, out, force, resume, target, **kw):
 
 
 @cli.command(context_settings=CONTEXT)
-@click.argument("directory", type=click.Path(file_okay=False))
-@click.option("--target", type=str, default=None, help="Quantization scheme for this target (default: the run's).")
+@click.argument("directory", type=click.Path(file_okay=False), required=False)
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="INT8 of your own model ([teacher] in this TOML), without distillation, instead of a DIRECTORY.")
+@click.option("--target", type=str, default=None, help="Quantization scheme for this target (default: the run's, or jetson).")
 @click.option("--max-drop", type=click.FloatRange(min=0), default=None,
               help="Keep the most INT8-sensitive layers in float until agreement on synthetic probes drops at most this many points.")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="With --config: the bundle directory (default runs/<timestamp>-<target>).")
+@click.option("--force", is_flag=True, help="With --config: overwrite a directory that holds another run.")
+@sign_key_option
+@click.option("--preset", type=str, default=None, help="With --config: smoke | default | paper")
+@click.option("--device", type=str, default=None, help="With --config: auto | cpu | cuda")
+@click.option("--seed", type=int, default=None, help="With --config.")
+@click.option("--eval", "eval_set", type=str, default=None, help="With --config: score on a real test split for the report only.")
+@click.option("--threads", type=int, default=None, help="With --config: torch intra-op threads (default 1).")
+@click.option("--set", "sets", multiple=True, help="With --config: any config key, e.g. --set quantize.qat_steps=300")
 @click.pass_obj
-def quantize(obj, directory, target, max_drop):
-    """Stage 2: NNCF INT8, calibrated and fine-tuned on synthetic samples only."""
+def quantize(obj, directory, config_path, target, max_drop, **own):
+    """Stage 2 on a distilled DIRECTORY; or, with --config, INT8 of your own model (no distillation) as a bundle."""
     _known_target(target)
-    from pipeline.run import quantize
+    if directory is not None and config_path is not None:
+        raise UsageError("quantize takes a run DIRECTORY or --config MODEL.toml, not both")
+    if config_path is not None:
+        return _quantize_own_model(obj, config_path, target, max_drop, **own)
+    if directory is None:
+        raise UsageError("quantize needs a run DIRECTORY (stage 2 of a distilled run) or --config MODEL.toml "
+                         "(INT8 of your own model)")
+    given = [f"--{name.replace('_', '-')}" for name, value in own.items() if value not in (None, False, ())]
+    if given:
+        raise UsageError(f"{given[0]} goes with --config MODEL.toml; `pipeline quantize DIRECTORY` quantizes that run "
+                         f"in place (--target and --max-drop only)")
+    from pipeline.run import quantize as quantize_run
 
-    s = quantize(Path(directory), obj["console"], target, max_drop)
+    s = quantize_run(Path(directory), obj["console"], target, max_drop)
     kept = s["sensitivity"]["kept_float"]
     in_float = f", {len(kept)} layer(s) kept in float" if kept else ""
     obj["console"].out.print(f"quantized ({s['scheme']}, calibration {s['calibration_source']}, {s['num_quantizers']} quantizers"
                              f"{in_float}): INT8/FP32 agreement {s['int8_fp32_agreement']:.4f} -> {directory}")
+
+
+def _quantize_own_model(obj, config_path, target, max_drop, out, force, sign_key, preset, device, seed, eval_set,
+                        threads, sets) -> None:
+    """`quantize --config`: the model in [teacher] itself to INT8, calibrated and fine-tuned on synthetic
+    samples, exported as a bundle like `run`'s."""
+    cfg = load_config(config_path, {"target": target, "preset": preset, "device": device, "seed": seed,
+                                    "eval": eval_set, "threads": threads, "quantize.max_drop": max_drop,
+                                    **_parse_set(sets)})
+    if cfg.teacher.program:
+        raise UsageError("quantize --config needs the model's code: teacher.factory with teacher.weights (a saved "
+                         "program is a fixed graph that NNCF does not quantize whole)")
+    key = load_sign_key(sign_key)
+    out = Path(out) if out else _default_out(cfg.target)
+
+    from pipeline.report import latency_table, summary_table
+    from pipeline.run import quantize_own_model
+
+    report = quantize_own_model(cfg, out, obj["console"], force=force)
+    console = obj["console"]
+    console.out.print(summary_table(report))
+    console.out.print(latency_table(report["latency"], report.get("accuracy")))
+    console.out.print(f"bundle: {out}  (your model in INT8; manifest.json, report.md, report.html)  in {report['total_wall_s']} s")
+    sign_output(out, key, console)
 
 
 @cli.command(context_settings=CONTEXT)
