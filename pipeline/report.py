@@ -5,6 +5,8 @@ Report schema (every section is optional; a report with only some keys still ren
     {
       "target": "jetson" | "mobile",
       "created": "2025-01-01T00:00:00+00:00",
+      "teacher": str,                     # where the teacher came from, e.g. "factory models.py:build"
+      "source": "distilled" | "own model",  # a distilled student, or the model itself (quantize --config)
       "deploy": {                         # the opening section (stages.export.decision)
         "model": str, "precision": "int8" | "fp32", "reason": str, "p50_ms": float | null,
         "other_p50_ms": float | null, "measured_on": str | null, "bytes": int | null,
@@ -14,7 +16,10 @@ Report schema (every section is optional; a report with only some keys still ren
         "teacher": float | null, "student_fp32": float | null, "student_int8": float | null,
         "evaluated_on": str | null        # e.g. "digits test split (360 images)"
       },
-      "distillation": {
+      "samples": {                        # own model only: the generator of its synthetic samples
+        "generator_steps": int, "bn_prior": bool, "class_counts": [int, ...], "classes_made": int, "wall_s": float
+      },
+      "distillation": {                   # distilled runs only
         "history": [{"step": int, "agreement": float 0..1, "accuracy": float | null}, ...],
         "replay": str,                    # replay mode, e.g. "vae" or "none"
         "replay_memory_bytes": int, "steps": int, "wall_s": float
@@ -48,6 +53,7 @@ from pathlib import Path
 from rich.table import Table
 
 from core.fileio import write_bytes, write_json, write_text
+from core.workdir import OWN_MODEL
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
@@ -55,6 +61,9 @@ REPORT_HTML = "report.html"
 PLOT_DIR = "report_plots"
 
 _ACCURACY_ROWS = (("teacher", "Teacher"), ("student_fp32", "Student FP32"), ("student_int8", "Student INT8"))
+# A model quantized as it is (`quantize --config`) is its own teacher: the rows name what each one is.
+_OWN_ACCURACY_ROWS = (("teacher", "Model FP32 (PyTorch)"), ("student_fp32", "Model FP32 (ONNX)"),
+                      ("student_int8", "Model INT8 (ONNX)"))
 _QUANT_LABELS = {
     "scheme": "Q/DQ scheme",
     "calibration_source": "Calibration source",
@@ -68,7 +77,18 @@ _QUANT_LABELS = {
     "probe_samples": "Synthetic probes",
     "wall_s": "Wall time (s)",
 }
+_OWN_QUANT_LABELS = {**_QUANT_LABELS, "teacher_agreement_fp32": "FP32 ONNX vs PyTorch model agreement",
+                     "teacher_agreement_int8": "INT8 ONNX vs PyTorch model agreement"}
 _QUANT_PCT = ("int8_fp32_agreement", "teacher_agreement_fp32", "teacher_agreement_int8", "onnx_torch_int8_agreement")
+
+
+def _own(report: dict) -> bool:
+    """Whether the report is of the user's model itself, quantized without distillation."""
+    return report.get("source") == OWN_MODEL
+
+
+def _accuracy_rows(report: dict) -> tuple[tuple[str, str], ...]:
+    return _OWN_ACCURACY_ROWS if _own(report) else _ACCURACY_ROWS
 
 
 def _compact(v) -> str:
@@ -159,15 +179,23 @@ class Section:
     note: str | None = None
 
 
-def _deploy_accuracy(d: dict) -> str:
+def _deploy_accuracy(d: dict, teacher_name: str = "teacher") -> str:
     """Accuracy against the teacher when evaluated, else agreement with the teacher on synthetic probes."""
     if _num(d.get("accuracy")):
-        teacher = f"; teacher {_pct(d['teacher_accuracy'])}" if _num(d.get("teacher_accuracy")) else ""
+        teacher = f"; {teacher_name} {_pct(d['teacher_accuracy'])}" if _num(d.get("teacher_accuracy")) else ""
         on = f" on {d['evaluated_on']}" if d.get("evaluated_on") else ""
         return f"{_pct(d['accuracy'])}{on}{teacher}"
     if _num(d.get("probe_agreement")):
-        return f"no evaluation data; agrees with the teacher on {_pct(d['probe_agreement'])} of synthetic probes"
+        return f"no evaluation data; agrees with the {teacher_name} on {_pct(d['probe_agreement'])} of synthetic probes"
     return "not evaluated"
+
+
+def _source(report: dict) -> str | None:
+    """What the bundle's model is: a student distilled from the teacher, or the model itself."""
+    if report.get("source") is None:
+        return None
+    what = "the model itself, quantized without distillation" if _own(report) else "a student distilled from the teacher"
+    return f"{what} ({report['teacher']})" if report.get("teacher") else what
 
 
 def _deploy_latency(d: dict) -> str:
@@ -181,10 +209,11 @@ def _deploy_latency(d: dict) -> str:
 def deploy_section(report: dict) -> Section | None:
     """The report's opening: the model to deploy, how good, how big and fast on the host, and why."""
     d = _dict(report, "deploy")
-    rows = []
+    rows = [["Source", _source(report)]] if _source(report) else []
     if d is not None:
         rows += [["Model", f"{d.get('model', '—')} ({str(d.get('precision', '?')).upper()})"],
-                 ["Accuracy", _deploy_accuracy(d)], ["Size", _bytes(d.get("bytes"))],
+                 ["Accuracy", _deploy_accuracy(d, "FP32 model" if _own(report) else "teacher")],
+                 ["Size", _bytes(d.get("bytes"))],
                  ["Host latency", _deploy_latency(d)], ["Why", str(d.get("reason", "—"))]]
     rows += [[k.capitalize(), str(report[k])] for k in ("target", "created") if report.get(k) is not None]
     return Section("Deploy" if d is not None else "Summary", ["Field", "Value"], rows) if rows else None
@@ -193,7 +222,7 @@ def deploy_section(report: dict) -> Section | None:
 SENSITIVITY_ROWS = 10
 
 
-def _drop_note(sens: dict, probes) -> str:
+def _drop_note(sens: dict, probes, subject: str) -> str:
     where = f"{probes} synthetic probes" if _num(probes) else "synthetic probes"
     note = f"Each layer alone in INT8, the rest in float, on {where}; most sensitive first."
     if sens.get("max_drop") is None:
@@ -201,10 +230,10 @@ def _drop_note(sens: dict, probes) -> str:
     kept = sens.get("kept_float") or []
     return (f"{note} quantize.max_drop {_f(sens['max_drop'])} points: {len(kept)} layer(s) kept in float; "
             f"estimated drop {_f(sens.get('estimated_drop_points'))} points, measured after fine-tuning "
-            f"{_f(sens.get('measured_drop_points'))} points (top-1 agreement with the FP32 student).")
+            f"{_f(sens.get('measured_drop_points'))} points (top-1 agreement with the FP32 {subject}).")
 
 
-def sensitivity_section(quant: dict) -> Section | None:
+def sensitivity_section(quant: dict, subject: str = "student") -> Section | None:
     """The layers ranked by how far INT8 moves the student's output when each alone is quantized."""
     sens = quant.get("sensitivity")
     if not isinstance(sens, dict):
@@ -214,20 +243,37 @@ def sensitivity_section(quant: dict) -> Section | None:
     rows = [[str(i + 1), str(r.get("layer", "—")), _pct(r.get("agreement")), _f(r.get("drop_points")),
              _f(r.get("kl"), 5), "float" if r.get("layer") in kept else "INT8"]
             for i, r in enumerate(ranking[:SENSITIVITY_ROWS])]
-    note = _drop_note(sens, quant.get("probe_samples"))
+    note = _drop_note(sens, quant.get("probe_samples"), subject)
     if len(ranking) > SENSITIVITY_ROWS:
         note += f" The {SENSITIVITY_ROWS} most sensitive of {len(ranking)} layers are shown."
     return Section("Layer sensitivity", ["Rank", "Layer", "Agreement with FP32", "Drop (points)", "KL", "Ships as"],
                    rows, note=note)
 
 
-def quantization_sections(quant: dict) -> list[Section]:
-    """The quantization summary's fields, then its layer sensitivity ranking when it has one."""
-    rows = [[label, _pct(quant[k]) if k in _QUANT_PCT else _compact(quant[k])] for k, label in _QUANT_LABELS.items()
+def quantization_sections(quant: dict, own: bool = False) -> list[Section]:
+    """The quantization summary's fields, then its layer sensitivity ranking when it has one. `own`: of the
+    model itself, whose teacher is its FP32 self."""
+    labels = _OWN_QUANT_LABELS if own else _QUANT_LABELS
+    rows = [[label, _pct(quant[k]) if k in _QUANT_PCT else _compact(quant[k])] for k, label in labels.items()
             if k in quant]
-    rows += [[k.replace("_", " "), _compact(v)] for k, v in quant.items() if k not in _QUANT_LABELS and k != "sensitivity"]
-    sens = sensitivity_section(quant)
+    rows += [[k.replace("_", " "), _compact(v)] for k, v in quant.items() if k not in labels and k != "sensitivity"]
+    sens = sensitivity_section(quant, "model" if own else "student")
     return [Section("Quantization", ["Field", "Value"], rows), *([sens] if sens else [])]
+
+
+def samples_section(samples: dict) -> Section:
+    """Where a model quantized as it is got its calibration and fine-tuning samples."""
+    counts = [c for c in samples.get("class_counts") or [] if _num(c)]
+    made = f"{samples.get('classes_made', '—')} of {len(counts)}" if counts else "—"
+    if counts:
+        made += f" (top-1 counts on {sum(counts)} samples: {', '.join(str(c) for c in counts)})"
+    rows = [["Generator rounds", str(samples.get("generator_steps", "—"))],
+            ["BatchNorm-statistics prior", "yes" if samples.get("bn_prior") else "no"],
+            ["Classes the samples cover", made],
+            ["Wall time (s)", _f(samples.get("wall_s"), 1)]]
+    note = ("No distillation: the model itself was calibrated and fine-tuned (by distillation from its FP32 self) "
+            "on samples from a generator trained against its own priors.")
+    return Section("Synthetic samples", ["Field", "Value"], rows, note=note)
 
 
 def sections(report: dict) -> list[Section]:
@@ -238,8 +284,12 @@ def sections(report: dict) -> list[Section]:
     if acc is not None:
         on = acc.get("evaluated_on")
         rows = [[label, _pct(acc.get(k)) if _num(acc.get(k)) else "not evaluated", str(on) if on and _num(acc.get(k)) else "—"]
-                for k, label in _ACCURACY_ROWS]
+                for k, label in _accuracy_rows(report)]
         out.append(Section("Accuracy", ["Model", "Accuracy", "Evaluated on"], rows))
+
+    samples = _dict(report, "samples")
+    if samples is not None:
+        out.append(samples_section(samples))
 
     dist = _dict(report, "distillation")
     if dist is not None:
@@ -257,7 +307,7 @@ def sections(report: dict) -> list[Section]:
 
     quant = _dict(report, "quantization")
     if quant is not None:
-        out += quantization_sections(quant)
+        out += quantization_sections(quant, _own(report))
 
     lat = _rows(report.get("latency"))
     if lat:
@@ -464,6 +514,8 @@ def summary_table(report: dict) -> Table:
     t = Table(title="Summary", show_header=False)
     t.add_column("Field")
     t.add_column("Value")
+    if _source(report):
+        t.add_row("Source", _source(report))
     d = _dict(report, "deploy")
     if d is not None:
         t.add_row("Deploy", f"{d.get('model', '—')} ({str(d.get('precision', '?')).upper()}): {d.get('reason', '')}")
@@ -472,7 +524,7 @@ def summary_table(report: dict) -> Table:
             t.add_row(k.capitalize(), str(report[k]))
     acc = _dict(report, "accuracy")
     if acc is not None:
-        for k, label in _ACCURACY_ROWS:
+        for k, label in _accuracy_rows(report):
             t.add_row(f"{label} accuracy", _pct(acc.get(k)) if _num(acc.get(k)) else "not evaluated")
     quant = _dict(report, "quantization")
     if quant and "int8_fp32_agreement" in quant:
