@@ -44,6 +44,9 @@ def prepare_own_model(cfg, out: Path, console: Console) -> dict:
     wd.save_module(generator, out / wd.GENERATOR)
     wd.write_run(out, {"pipeline_version": __version__, "source": wd.OWN_MODEL, "config": dataclasses.asdict(cfg),
                        "task": task_dict(spec), "stages": {"samples": summary}})
-    console.info(f"samples: the generator makes {summary['classes_made']} of {spec.num_classes} classes "
-                 f"({summary['wall_s']:.0f} s)")
+    made = f"the sample generator makes {summary['classes_made']} of {spec.num_classes} classes"
+    if summary["classes_made"] < spec.num_classes:
+        console.warn(f"{made}; more rounds (quantize.generator_steps) may reach the rest")
+    else:
+        console.info(f"samples: {made} ({summary['wall_s']:.0f} s)")
     return summary
