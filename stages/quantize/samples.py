@@ -3,9 +3,8 @@
 One rule for every model: a short run of the distillation's own generator (stages.distill.synthesizer),
 trained against the model's priors alone: its BatchNorm statistics where it has BatchNorm, class balance
 and confidence always. There is no student, so no adversarial term. The quantize stage then draws fresh
-samples from it for every calibration and fine-tuning batch, as after a distillation. Inverting a fixed
-set of inputs instead (as the probes do) is only good where there is BatchNorm, and gives a fixed pool
-that fine-tuning would repeat.
+samples from it for every calibration and fine-tuning batch, as after a distillation, where inputs
+inverted once (as the probes are) would be a fixed pool that fine-tuning repeats.
 """
 
 from __future__ import annotations
@@ -29,6 +28,7 @@ def train_generator(cfg: DistillConfig, model: nn.Module, shape: tuple[int, ...]
     """`steps` rounds of the generator against the frozen `model` (on `device`); the generator in eval mode
     and the summary run.json keeps."""
     t0 = time.perf_counter()
+    # The plain generator whatever distill.synthesizer says: stage 2 samples it from noise alone.
     synth = AdversarialSynthesizer(cfg, model, shape, device)
     try:
         for step in range(steps):
