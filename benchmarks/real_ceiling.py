@@ -25,9 +25,23 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 import results  # noqa: E402
 from replay import load_task  # noqa: E402
+
+
+def translate(x: torch.Tensor, max_shift: int) -> torch.Tensor:
+    """Shift each image of an [N, C, H, W] batch by its own random integer offset in [-max_shift, max_shift]
+    along both axes; the border is replicated (normalised backgrounds are not zero)."""
+    n, _, h, w = x.shape
+    p = max_shift
+    padded = F.pad(x, (p, p, p, p), mode="replicate")
+    dy, dx = torch.randint(0, 2 * p + 1, (2, n, 1), device=x.device)
+    rows = (torch.arange(h, device=x.device) + dy)[:, :, None]  # [N, H, 1]
+    cols = (torch.arange(w, device=x.device) + dx)[:, None, :]  # [N, 1, W]
+    batch = torch.arange(n, device=x.device)[:, None, None]
+    return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2).contiguous()
 
 
 def train_split(task: str, mnist_path: Path) -> torch.Tensor:
@@ -44,7 +58,7 @@ def train_split(task: str, mnist_path: Path) -> torch.Tensor:
 def kd_on_real(teacher: torch.nn.Module, student: torch.nn.Module, x_train: torch.Tensor, cfg, steps: int,
                shift: int, evaluate, eval_every: int) -> list[tuple[int, float]]:
     """Train `student` to match `teacher` on batches of real images; returns (step, accuracy) along the way."""
-    from stages.distill import augment, criteria
+    from stages.distill import criteria
     from stages.distill.engine import student_optimizer
 
     opt = student_optimizer(cfg, student)
@@ -54,7 +68,7 @@ def kd_on_real(teacher: torch.nn.Module, student: torch.nn.Module, x_train: torc
     for step in range(1, steps + 1):
         x = x_train[torch.randint(0, len(x_train), (cfg.batch_size,))]
         if shift and x.dim() == 4:
-            x = augment.translate(x, shift)
+            x = translate(x, shift)
         with torch.no_grad():
             t = teacher(x)
         loss = criteria.kd_loss(cfg.kd_loss, student(x), t, cfg.kd_temperature)

@@ -19,7 +19,7 @@ from core.errors import UsageError
 from core.settings import apply, check, check_file, check_spec, expand, resolve_path, setting
 from core.teacher_config import TeacherConfig
 from core import workdir
-from stages.distill.config import DistillConfig, StudentConfig
+from stages.distill.config import RETIRED, DistillConfig, StudentConfig
 from stages.export.config import ExportConfig
 from stages.quantize.config import QuantizeConfig
 from targets import TARGET_NAMES
@@ -72,8 +72,31 @@ PRESET_VALUES: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 
+# Per section, the settings this version no longer has (see stages.distill.config.RETIRED).
+_RETIRED = {"distill": RETIRED}
+
+
 def _apply(cfg: RunConfig, values: dict) -> None:
+    for section, gone in _RETIRED.items():
+        table = values.get(section)
+        named = [key for key in table if key in gone] if isinstance(table, dict) else []
+        if named:
+            raise UsageError(f"config: {section}.{named[0]} is no longer a setting (docs/cli.md lists the removed ones)")
     apply(cfg, values, sections=_SECTIONS, hidden=("config_dir",))
+
+
+def _without_retired(d: dict) -> tuple[dict, list[tuple[str, Any]]]:
+    """A stored config without the settings this version no longer has, and those of them it held at a value
+    that did something else than this version does."""
+    d, changed = dict(d), []
+    for section, gone in _RETIRED.items():
+        if isinstance(d.get(section), dict):
+            d[section] = dict(d[section])
+            for key in [k for k in d[section] if k in gone]:
+                value = d[section].pop(key)
+                if value != gone[key]:
+                    changed.append((f"{section}.{key}", value))
+    return d, changed
 
 
 def validate(cfg: RunConfig) -> RunConfig:
@@ -148,8 +171,9 @@ def to_dict(cfg: RunConfig) -> dict:
 
 
 def config_from_dict(d: dict) -> RunConfig:
-    """The config a run directory stored in its run.json."""
-    d = dict(d)
+    """The config a run directory stored in its run.json. Settings removed since it was written are dropped: they
+    shaped a distillation that run has done (resume_config refuses to continue one they made differ)."""
+    d, _ = _without_retired(d)
     config_dir = d.pop("config_dir", None)
     cfg = RunConfig()
     _apply(cfg, d)
@@ -182,7 +206,13 @@ def resume_config(out: Path, cfg: RunConfig | None) -> RunConfig | None:
     """
     if not (out / workdir.RUN_FILE).is_file():
         return cfg
-    stored = config_from_dict(workdir.read_run(out)["config"])
+    stored_dict = workdir.read_run(out)["config"]
+    _, changed = _without_retired(stored_dict)
+    if changed:
+        key, value = changed[0]
+        raise UsageError(f"--resume: {out} was started with {key} = {value!r}, a setting this version no longer "
+                         "has; start over with --force")
+    stored = config_from_dict(stored_dict)
     if cfg is None:
         return stored
     diffs = [d for d in _diff(to_dict(stored), to_dict(cfg)) if d[0] not in RESUME_FREE]

@@ -80,3 +80,28 @@ def test_sigkill_during_distillation_then_resume(tmp_path):
     sess = ort.InferenceSession(str(out / "student_int8.onnx"), providers=["CPUExecutionProvider"])
     logits = sess.run(None, {"input": np.zeros((2, 1, 8, 8), dtype=np.float32)})[0]
     assert logits.shape == (2, 10) and np.isfinite(logits).all()
+
+
+def test_a_run_stored_with_removed_settings_still_reads_and_resumes_only_where_they_did_nothing(tmp_path):
+    # A run.json written before settings were removed names them: `quantize DIR` and `export DIR` still read
+    # its config; `--resume` continues it only when each removed setting held the value that does what this
+    # version does, and says which one stands in the way otherwise.
+    import pytest
+
+    from core.errors import UsageError
+    from core.workdir import write_run
+    from pipeline.config import config_from_dict, load_config, resume_config, to_dict
+    from stages.distill.config import RETIRED
+
+    current = to_dict(load_config(overrides={"preset": "smoke"}))
+    stored = {**current, "distill": {**current["distill"], **RETIRED}}
+    assert to_dict(config_from_dict(stored)) == current
+    write_run(tmp_path, {"config": stored, "stages": {}})
+    assert to_dict(resume_config(tmp_path, None)) == current
+    for key, value in RETIRED.items():
+        other = not value if isinstance(value, bool) else "other" if isinstance(value, str) else value + 1
+        changed = {**current, "distill": {**current["distill"], key: other}}
+        assert to_dict(config_from_dict(changed)) == current
+        write_run(tmp_path, {"config": changed, "stages": {}})
+        with pytest.raises(UsageError, match=f"started with distill.{key} = .*no longer has; start over with --force"):
+            resume_config(tmp_path, None)

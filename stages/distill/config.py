@@ -10,6 +10,11 @@ from core.settings import check, setting
 REPLAY_MODES = ("vae", "memory", "none")
 SYNTHESIZERS = ("adversarial", "meta", "conditional")
 
+# Settings earlier versions had, each with the value at which it did what this version does: a run.json stored
+# by such a version still reads (pipeline.config drops them), while a config or --set naming one is refused.
+# None of them was shown to help by the benchmarks (docs/cli.md, "Removed settings").
+RETIRED = {"input_shift": 0, "input_mix": 0.0}
+
 
 @dataclass
 class StudentConfig:
@@ -66,10 +71,6 @@ class DistillConfig:
     # Gaussian noise (std, in normalised input units) on the student's KD batch, labelled by the teacher on
     # the noisy inputs: the student learns the teacher around each synthetic sample, not only on it.
     input_noise: float = setting(0.3, ge=0)
-    # Each image of the student's batch shifted by up to `input_shift` pixels, and a fraction `input_mix` of
-    # the batch replaced by mixes of two samples (see augment.py).
-    input_shift: int = setting(0, ge=0)
-    input_mix: float = setting(0.0, ge=0, le=1)
     # The first `attack_fraction` of the student's batch moved by `input_attack` (normalised input units per
     # element, in `attack_steps` signed-gradient steps) towards where the student disagrees with the teacher,
     # who labels the moved samples (see augment.toward_disagreement).
@@ -99,9 +100,6 @@ class DistillConfig:
 def check_against_teacher(d: DistillConfig, shape: tuple[int, ...], num_classes: int) -> None:
     """Settings that depend on the teacher's input shape or class count: checked from the config, and by the
     distillation loop from the teacher itself (for callers that bypass the config)."""
-    if d.input_shift > 0 and (len(shape) != 3 or d.input_shift >= min(shape[1:])):
-        raise UsageError(f"config: distill.input_shift ({d.input_shift}) needs image inputs [C, H, W] larger than "
-                         f"the shift; this teacher takes {list(shape)}")
     if d.class_phases > num_classes:
         raise UsageError(f"config: distill.class_phases ({d.class_phases}) must not exceed the teacher's "
                          f"{num_classes} classes")

@@ -89,9 +89,9 @@ def _train(s: Session, cfg: DistillConfig, evaluate, progress, inform) -> None:
 
 
 def _around(x: torch.Tensor, student: nn.Module, teacher: nn.Module, cfg: DistillConfig) -> torch.Tensor:
-    """The KD batch moved around its samples (noise, shifts, mixes, toward disagreement): the teacher labels
+    """The KD batch moved around its samples (noise, toward disagreement): the teacher labels
     the moved inputs, so the student learns the teacher around each sample, not only on it."""
-    x = augment.perturb(x, cfg.input_shift, cfg.input_mix, cfg.input_noise)
+    x = augment.perturb(x, cfg.input_noise)
     return augment.toward_disagreement(x, student, teacher, cfg.input_attack, cfg.attack_steps, cfg.attack_fraction)
 
 

@@ -161,7 +161,7 @@ class Session:
         if world.distributed:
             torch.manual_seed(_rank_seed(seed, world))  # same initial weights (DDP checks), own sample streams
         self.batch, self.replay_batch = world.share(cfg.batch_size), world.share(cfg.replay_batch)
-        self.perturbed = cfg.input_noise > 0 or cfg.input_shift > 0 or cfg.input_mix > 0 or cfg.input_attack > 0
+        self.perturbed = cfg.input_noise > 0 or cfg.input_attack > 0
         self.history: list[dict] = []
         self.start, self.elapsed_before, self.resumed_from, self.wall_s = 0, 0.0, None, 0.0
         self.done, self.stopped_by, self.estimate, self.pace = 0, "iterations", {}, Pace()
