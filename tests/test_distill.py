@@ -232,7 +232,7 @@ def test_vae_memory_sample_shapes_and_nbytes(shape):
     torch.manual_seed(0)
     teacher = TinyTeacher().eval() if len(shape) == 3 else nn.Sequential(nn.Linear(12, 10)).eval()
     vae = VAE(shape, 8)
-    mem = VAEMemory(vae, teacher, lr=1e-3, features=True)
+    mem = VAEMemory(vae, teacher, lr=1e-3)
     assert mem.sample(5) is None  # nothing learnt yet: no replay
     info = mem.observe(torch.randn(16, *shape))
     assert math.isfinite(info["vae_loss"])

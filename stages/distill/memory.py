@@ -95,15 +95,14 @@ class VAEMemory:
 
     def __init__(self, vae: VAE, teacher: nn.Module, lr: float, recon: str = "pixel+logits",
                  kld_weight: float = 1e-3, z_steps: int = 1, z_lr: float = 0.05, balanced: bool = True,
-                 rehearse: bool = True, features: bool = False, prior_decay: float = 0.0):
+                 rehearse: bool = True, prior_decay: float = 0.0):
         self.vae, self.teacher = vae, teacher
         self.trainer: nn.Module = vae  # what `observe` trains through: the VAE, or its DDP wrapper under torchrun
         self.opt = torch.optim.Adam(vae.parameters(), lr=lr)
         self.recon, self.kld_weight = recon, kld_weight
         self.z_steps, self.z_lr = z_steps, z_lr
-        self.balanced, self.rehearse, self.features = balanced, rehearse, features
+        self.balanced, self.rehearse = balanced, rehearse
         self.prior_decay = prior_decay
-        self._feats = criteria.PenultimateFeatures(teacher) if features else None
         self.updates = 0
 
     @property
@@ -151,10 +150,6 @@ class VAEMemory:
         self.vae.train(was_training)
         return x
 
-    def _teacher_response(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        logits = self.teacher(x)
-        return logits, (self._feats.features if self._feats is not None else None)
-
     def observe(self, x: torch.Tensor, logits: torch.Tensor | None = None, rehearsal: torch.Tensor | None = None,
                 rehearsal_logits: torch.Tensor | None = None) -> dict:
         """Learn the newest batch `x`. `logits` (the teacher's on `x`) and a `rehearsal` batch of the VAE's
@@ -173,16 +168,11 @@ class VAEMemory:
         loss = torch.zeros((), device=x.device)
         if "pixel" in self.recon:
             loss = loss + F.l1_loss(recon, x)
-        if "logits" in self.recon or self.features:
-            t_feats = None
-            if logits is None or self.features:
+        if "logits" in self.recon:
+            if logits is None:
                 with torch.no_grad():
-                    logits, t_feats = self._teacher_response(x)
-            r_logits, r_feats = self._teacher_response(recon)
-            if "logits" in self.recon:
-                loss = loss + F.l1_loss(r_logits, logits.detach())
-            if self.features and t_feats is not None:
-                loss = loss + F.l1_loss(r_feats, t_feats.detach())
+                    logits = self.teacher(x)
+            loss = loss + F.l1_loss(self.teacher(recon), logits.detach())
         kld = torch.mean(-0.5 * torch.sum(1 + log_var - mu**2 - log_var.exp(), dim=1))
         loss = loss + self.kld_weight * kld
         self.opt.zero_grad(set_to_none=True)
