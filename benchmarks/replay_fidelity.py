@@ -136,8 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.samples < 1 or args.kd_steps < 1:
         raise SystemExit("--samples and --kd-steps must be positive")
     torch.set_num_threads(1)
-    sets = {"distill.phase_cycles": 1, "student.ratio": 0.05, "distill.lr_student": 3e-2,
-            "distill.vae_prior_decay": 0.99, **_parse_sets(args.set)}
+    sets = {"distill.phase_cycles": 1, "student.ratio": 0.05, "distill.lr_student": 3e-2, **_parse_sets(args.set)}
     at = [int(s) for s in args.at.split(",") if s.strip()] or None
     rows, finals = [], {}
     for seed in (int(s) for s in args.seeds.split(",") if s.strip()):

@@ -420,10 +420,8 @@ def test_the_evaluated_and_returned_student_is_the_weight_average(tmp_path, deca
         assert any(not torch.equal(raw[k], avg[k]) for k in raw if raw[k].is_floating_point())
 
 
-@pytest.mark.parametrize("prior_decay", [0.0, 0.9])
-def test_resumed_run_equals_uninterrupted_run_bit_for_bit(tmp_path, prior_decay):
-    cfg = _smoke_cfg(iterations=6, checkpoint_every=3, eval_every=2, batch_size=16, replay_batch=8,
-                     vae_prior_decay=prior_decay)
+def test_resumed_run_equals_uninterrupted_run_bit_for_bit(tmp_path):
+    cfg = _smoke_cfg(iterations=6, checkpoint_every=3, eval_every=2, batch_size=16, replay_batch=8)
     teacher = TinyTeacher().eval()
 
     torch.manual_seed(123)
@@ -440,7 +438,7 @@ def test_resumed_run_equals_uninterrupted_run_bit_for_bit(tmp_path, prior_decay)
     for (name, a), b in zip(full.student.state_dict().items(), resumed.student.state_dict().values()):
         assert torch.equal(a, b), name
     for a, b in zip(full.memory.vae.state_dict().values(), resumed.memory.vae.state_dict().values()):
-        assert torch.equal(a, b)  # the fitted prior included
+        assert torch.equal(a, b)
     assert [r["step"] for r in resumed.history] == [r["step"] for r in full.history]
     assert [r["agreement"] for r in resumed.history] == [r["agreement"] for r in full.history]
 
@@ -574,77 +572,18 @@ def test_vae_width_is_its_own_setting_and_sized_from_the_input_by_default():
     assert auto_vae_width((12,)) == 64
 
 
-def test_fitted_prior_follows_the_codes_and_replay_draws_from_it():
-    torch.manual_seed(0)
-    mem = VAEMemory(VAE(SHAPE, 4), TinyTeacher().eval(), lr=1e-3, balanced=False, prior_decay=0.9)
-    mix = torch.tensor([[1.0, 0, 0, 0], [0.8, 0.6, 0, 0], [0, 0, 0.5, 0], [0, 0, 0, 2.0]])
-    target_mean, target_cov = torch.tensor([1.0, -2.0, 0.5, 0.0]), mix @ mix.T
-    for _ in range(200):
-        mem._fit_prior(torch.randn(256, 4) @ mix.T + target_mean)
-    assert torch.allclose(mem.vae.prior_mean, target_mean, atol=0.15)
-    assert torch.allclose(mem.vae.prior_cov, target_cov, atol=0.2)
-    z = mem._balanced_latents(4096)
-    assert torch.allclose(z.mean(0), target_mean, atol=0.15)
-    assert torch.allclose(torch.cov(z.T), target_cov, atol=0.2)
-
-
-def test_a_shipped_fit_moves_at_its_decay_and_a_fresh_one_follows_the_codes():
-    codes = torch.randn(64, 4) + 3.0
-    shipped = VAE(SHAPE, 4)
-    shipped.prior_mean.fill_(0.5)
-    shipped.prior_count.fill_(500)  # fitted over a whole run before it shipped
-    mem = VAEMemory(shipped, TinyTeacher().eval(), lr=1e-3, prior_decay=0.9)
-    mem.updates = 1  # as `pipeline update` hands it over
-    mem._fit_prior(codes)
-    assert torch.allclose(shipped.prior_mean, 0.5 + 0.1 * (codes.mean(0) - 0.5))
-    assert int(shipped.prior_count) == 501
-    fresh = VAEMemory(VAE(SHAPE, 4), TinyTeacher().eval(), lr=1e-3, prior_decay=0.9)
-    fresh.updates = 1
-    fresh._fit_prior(codes)  # an older file's N(0, I) was never fitted: the first codes replace it
-    assert torch.allclose(fresh.vae.prior_mean, codes.mean(0))
-
-
-def test_prior_factor_is_computed_once_per_state_of_the_fit():
-    torch.manual_seed(0)
-    mem = VAEMemory(VAE(SHAPE, 4), TinyTeacher().eval(), lr=1e-3, prior_decay=0.9)
-    mem._fit_prior(torch.randn(64, 4) * 2 + 1)
-    _, first = mem.vae.fitted_prior()
-    assert mem.vae.fitted_prior()[1] is first  # a fixed fit: draws reuse the factor
-    assert torch.allclose(first @ first.T, mem.vae.prior_cov, atol=1e-5)
-    mem._fit_prior(torch.randn(64, 4) * 3)
-    _, second = mem.vae.fitted_prior()
-    assert second is not first and torch.equal(second, mem.vae.prior_scale())
-    other = VAE(SHAPE, 4)
-    other.prior_cov.copy_(torch.diag(torch.tensor([4.0, 1.0, 9.0, 0.25])))
-    other.prior_count.fill_(1)
-    mem.vae.load_state_dict(other.state_dict())  # a loaded fit is factorised afresh
-    assert torch.allclose(mem.vae.fitted_prior()[1], torch.diag(torch.tensor([2.0, 1.0, 3.0, 0.5])))
-
-
-def test_prior_is_standard_normal_unless_fitted():
-    torch.manual_seed(0)
-    mem = VAEMemory(VAE(SHAPE, 4), TinyTeacher().eval(), lr=1e-3)  # prior_decay 0: the paper's N(0, I)
-    for _ in range(3):
-        mem.observe(torch.randn(16, *SHAPE) * 3 + 2)
-    assert torch.equal(mem.vae.prior_mean, torch.zeros(4)) and torch.equal(mem.vae.prior_cov, torch.eye(4))
-    fitted = VAEMemory(VAE(SHAPE, 4), TinyTeacher().eval(), lr=1e-3, prior_decay=0.9)
-    fitted.observe(torch.randn(16, *SHAPE) * 3 + 2)
-    assert not torch.equal(fitted.vae.prior_cov, torch.eye(4))
-
-
-def test_fitted_prior_ships_in_the_vae_file_and_old_files_still_load(tmp_path):
+def test_vae_files_written_with_the_removed_latent_prior_load_unless_it_was_fitted(tmp_path):
+    # VAE files written while distill.vae_prior_decay existed carry its buffers: N(0, I) and a zero count
+    # unless it was set. Those load and replay as before; a fitted one, which replay cannot use, is refused.
     from core import workdir as wd
+    from safetensors.torch import save_file
 
     vae = VAE(SHAPE, 4)
-    vae.prior_mean.fill_(0.5)
-    vae.prior_cov.mul_(2.0)
-    vae.prior_count.fill_(7)
-    wd.save_module(vae, tmp_path / "vae.safetensors")
+    old = {**vae.state_dict(), "prior_mean": torch.zeros(4), "prior_cov": torch.eye(4),
+           "prior_count": torch.zeros((), dtype=torch.long)}
+    save_file(old, str(tmp_path / "vae.safetensors"))
     again = wd.load_module(VAE(SHAPE, 4), tmp_path / "vae.safetensors")
-    assert torch.equal(again.prior_mean, vae.prior_mean) and torch.equal(again.prior_cov, vae.prior_cov)
-    assert int(again.prior_count) == 7
-    old = {k: v for k, v in vae.state_dict().items() if not k.startswith("prior_")}  # written before the fit existed
-    before = VAE(SHAPE, 4)
-    before.load_state_dict(old)
-    assert torch.equal(before.prior_mean, torch.zeros(4)) and torch.equal(before.prior_cov, torch.eye(4))
-    assert int(before.prior_count) == 0
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), vae.state_dict().values()))
+    save_file({**old, "prior_count": torch.tensor(7)}, str(tmp_path / "fitted.safetensors"))
+    with pytest.raises(UsageError, match="distill.vae_prior_decay"):
+        wd.load_module(VAE(SHAPE, 4), tmp_path / "fitted.safetensors")

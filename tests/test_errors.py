@@ -185,8 +185,6 @@ CONFIG_CASES = [
     ("vae-width-negative", {}, ["run", "--set", "distill.vae_width=-8", "--out", "o"], ["distill.vae_width must be >= 0, got -8"]),
     ("generator-width-zero", {}, ["run", "--set", "distill.generator_width=0", "--out", "o"],
      ["distill.generator_width must be > 0, got 0"]),
-    ("vae-prior-decay-one", {}, ["run", "--set", "distill.vae_prior_decay=1", "--out", "o"],
-     ["distill.vae_prior_decay must be in [0, 1)"]),
     ("ema-decay-one", {}, ["run", "--set", "distill.ema_decay=1", "--out", "o"], ["distill.ema_decay must be in [0, 1)"]),
     ("class-phases-negative", {}, ["run", "--set", "distill.class_phases=-1", "--out", "o"], ["distill.class_phases must be >= 0"]),
     ("class-phases-beyond-iterations", {}, ["run", "--preset", "smoke", "--set", "distill.class_phases=10", "--out", "o"],

@@ -13,7 +13,7 @@ SYNTHESIZERS = ("adversarial", "meta", "conditional")
 # Settings earlier versions had, each with the value at which it did what this version does: a run.json stored
 # by such a version still reads (pipeline.config drops them), while a config or --set naming one is refused.
 # None of them was shown to help by the benchmarks (docs/cli.md, "Removed settings").
-RETIRED = {"input_shift": 0, "input_mix": 0.0, "vae_features": False}
+RETIRED = {"input_shift": 0, "input_mix": 0.0, "vae_features": False, "vae_prior_decay": 0.0}
 
 
 @dataclass
@@ -60,9 +60,6 @@ class DistillConfig:
     vae_kld_weight: float = 1e-3
     vae_balanced: bool = True  # class-balanced prior sampling (latent step towards balanced teacher classes)
     vae_rehearse: bool = True  # the VAE rehearses on its own samples while learning new ones
-    # > 0: replay draws latents from a Gaussian fitted to the encoder's codes (a moving average with this decay
-    # per VAE update) instead of N(0, I); it mends replay that collapses when the stream visits few classes at a time
-    vae_prior_decay: float = setting(0.0, ge=0, lt=1, hint="0: the N(0, I) prior")
     generator_width: int = setting(64, gt=0)
     # The VAE's decoder width (its encoder is half as wide); 0 sizes it from the input (see auto_vae_width)
     vae_width: int = setting(0, ge=0)

@@ -84,10 +84,9 @@ class VAEMemory:
 
     - Reconstruction is measured where it matters for distillation: in the teacher's response
       (logits), and optionally in pixels.
-    - Sampling draws latent codes from a Gaussian fitted, as a moving average, to the encoder's codes
-      of the stream (`prior_decay` per update; 0 keeps the paper's N(0, I)), and is class-balanced: the
-      codes take a gradient step towards confident, class-balanced teacher predictions while their
-      whitened moments stay near N(0, I).
+    - Sampling draws latent codes from the paper's N(0, I) prior and is class-balanced: the codes take a
+      gradient step towards confident, class-balanced teacher predictions while their moments stay near
+      N(0, I).
     - The VAE rehearses on its own samples, so it does not forget earlier generator phases.
     """
 
@@ -95,14 +94,13 @@ class VAEMemory:
 
     def __init__(self, vae: VAE, teacher: nn.Module, lr: float, recon: str = "pixel+logits",
                  kld_weight: float = 1e-3, z_steps: int = 1, z_lr: float = 0.05, balanced: bool = True,
-                 rehearse: bool = True, prior_decay: float = 0.0):
+                 rehearse: bool = True):
         self.vae, self.teacher = vae, teacher
         self.trainer: nn.Module = vae  # what `observe` trains through: the VAE, or its DDP wrapper under torchrun
         self.opt = torch.optim.Adam(vae.parameters(), lr=lr)
         self.recon, self.kld_weight = recon, kld_weight
         self.z_steps, self.z_lr = z_steps, z_lr
         self.balanced, self.rehearse = balanced, rehearse
-        self.prior_decay = prior_decay
         self.updates = 0
 
     @property
@@ -110,34 +108,17 @@ class VAEMemory:
         return next(self.vae.parameters()).device
 
     def _balanced_latents(self, n: int) -> torch.Tensor:
-        # u is the whitened code: z = mean + L u under a fitted prior (z = u under N(0, I)), u ~ N(0, I) before
-        # the balancing step
-        fit = self.vae.fitted_prior()
-        codes = (lambda u: u) if fit is None else (lambda u: fit[0] + u @ fit[1].T)
         u = torch.randn(n, self.vae.latent_dim, device=self.device)
         if not self.balanced:
-            return codes(u)
+            return u
         u.requires_grad_(True)
         for _ in range(self.z_steps):
-            logits = self.teacher(self.vae.decoder(codes(u)))
+            logits = self.teacher(self.vae.decoder(u))
             moments = F.mse_loss(u.var(0), torch.ones_like(u[0])) + F.mse_loss(u.mean(0), torch.zeros_like(u[0]))
             loss = 5.0 * criteria.class_balance(logits) + criteria.onehot(logits) + moments
             (grad,) = torch.autograd.grad(loss, u)
             u = (u - self.z_lr * grad * n).detach().requires_grad_(True)  # x n: the losses are batch means
-        return codes(u).detach()
-
-    @torch.no_grad()
-    def _fit_prior(self, mu: torch.Tensor) -> None:
-        # Moving averages of the codes' mean and second moment; the first updates follow the codes closely.
-        # Under DDP each rank fits its own codes and the forward pass re-broadcasts rank 0's buffers.
-        count = int(self.vae.prior_count)
-        rate = max(1.0 - self.prior_decay, 1.0 / (count + 1))
-        self.vae.prior_count.fill_(count + 1)
-        mean, cov = self.vae.prior_mean, self.vae.prior_cov
-        second = cov + torch.outer(mean, mean)
-        mean.lerp_(mu.mean(0), rate)
-        second.lerp_(mu.T @ mu / mu.shape[0], rate)
-        cov.copy_(second - torch.outer(mean, mean))
+        return u.detach()
 
     def sample(self, n: int) -> torch.Tensor | None:
         if self.updates == 0 or n == 0:
@@ -163,8 +144,6 @@ class VAEMemory:
             logits = torch.cat([logits[:half], rehearsal_logits]) if logits is not None and rehearsal_logits is not None else None
         self.vae.train()
         recon, mu, log_var = self.trainer(x)
-        if self.prior_decay > 0:
-            self._fit_prior(mu.detach())
         loss = torch.zeros((), device=x.device)
         if "pixel" in self.recon:
             loss = loss + F.l1_loss(recon, x)

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.errors import UsageError
+
 
 def _is_image(shape: tuple[int, ...]) -> bool:
     return len(shape) == 3
@@ -117,45 +119,16 @@ class VAE(nn.Module):
         else:
             self.encoder = VectorEncoder(shape, latent_dim, width=4 * width)
             self.decoder = VectorDecoder(latent_dim, shape, width=4 * width)
-        # With `vae_prior_decay > 0`, replay draws latents from a Gaussian fitted to the encoder's codes (the
-        # aggregate posterior) instead of N(0, I): with a weak KL term the codes of the stream are correlated and
-        # off-centre, and prior draws can decode to a few ambiguous blobs. Buffers, so the fit ships in the file.
-        self.register_buffer("prior_mean", torch.zeros(latent_dim))
-        self.register_buffer("prior_cov", torch.eye(latent_dim))
-        # How many VAE updates the fit has seen: a shipped VAE's fit moves at its decay from the first update
-        # of an on-device run, while a fresh fit (or N(0, I) from an older file) follows the codes at once.
-        self.register_buffer("prior_count", torch.zeros((), dtype=torch.long))
-        self._scale_of: tuple | None = None  # (prior_cov, its version, its Cholesky factor): see fitted_prior
-
-    def fitted_prior(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """(mean, L) of the fitted prior, or None while it was never fitted and is N(0, I): replay then uses
-        the codes as drawn. L is factorised once per state of the fit (milliseconds at large latent sizes),
-        not once per draw: calibration and the kd steps after the last VAE update draw from a fixed fit."""
-        if int(self.prior_count) == 0:
-            return None
-        cov = self.prior_cov
-        cached = self._scale_of
-        # Any in-place change (a fit update, load_state_dict) bumps the tensor's version; .to() makes a new
-        # tensor. Holding `cov` in the cache keeps its identity from being reused by another tensor.
-        if cached is None or cached[0] is not cov or cached[1] != cov._version:
-            cached = (cov, cov._version, self.prior_scale())
-            self._scale_of = cached
-        return self.prior_mean, cached[2]
-
-    def prior_scale(self) -> torch.Tensor:
-        """Lower-triangular L with L L^T = prior_cov; jittered if the fit is not positive definite, and its
-        diagonal if even that fails."""
-        scale, info = torch.linalg.cholesky_ex(self.prior_cov)
-        if int(info) == 0:
-            return scale
-        cov = self.prior_cov + 1e-4 * torch.eye(self.latent_dim, device=self.prior_cov.device)
-        scale, info = torch.linalg.cholesky_ex(cov)
-        return scale if int(info) == 0 else torch.diag(cov.diagonal().clamp_min(1e-4).sqrt())
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # A VAE saved before the fitted prior has none: it keeps N(0, I)
-        for name in ("prior_mean", "prior_cov", "prior_count"):
-            state_dict.setdefault(prefix + name, getattr(self, name).detach().clone())
+        # Files written while distill.vae_prior_decay existed carry its latent prior. Never fitted, it is the
+        # N(0, I) replay draws from; a fitted one would have to be replayed from, which this version cannot.
+        count = state_dict.pop(prefix + "prior_count", None)
+        for name in ("prior_mean", "prior_cov"):
+            state_dict.pop(prefix + name, None)
+        if count is not None and int(count) > 0:
+            raise UsageError("this VAE was trained to replay from a latent prior fitted by distill.vae_prior_decay, "
+                             "a setting this version no longer has; distil afresh for a VAE it can replay")
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
