@@ -13,7 +13,8 @@ SYNTHESIZERS = ("adversarial", "meta", "conditional")
 # Settings earlier versions had, each with the value at which it did what this version does: a run.json stored
 # by such a version still reads (pipeline.config drops them), while a config or --set naming one is refused.
 # None of them was shown to help by the benchmarks (docs/cli.md, "Removed settings").
-RETIRED = {"input_shift": 0, "input_mix": 0.0, "vae_features": False, "vae_prior_decay": 0.0}
+RETIRED = {"input_shift": 0, "input_mix": 0.0, "vae_features": False, "vae_prior_decay": 0.0,
+           "vae_recon": "pixel+logits"}
 
 
 @dataclass
@@ -56,7 +57,6 @@ class DistillConfig:
     w_activation: float = setting(0.1, ge=0)
     replay: str = setting("vae", choices=REPLAY_MODES, label="replay mode")
     memory_bytes: int = setting(4 * 1024 * 1024, gt=0)  # reservoir budget for replay = "memory"
-    vae_recon: str = setting("pixel+logits", choices=("pixel", "logits", "pixel+logits"))  # what the VAE reconstructs
     vae_kld_weight: float = 1e-3
     vae_balanced: bool = True  # class-balanced prior sampling (latent step towards balanced teacher classes)
     vae_rehearse: bool = True  # the VAE rehearses on its own samples while learning new ones

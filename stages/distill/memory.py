@@ -82,8 +82,8 @@ class ReservoirMemory:
 class VAEMemory:
     """Generative pseudo replay (PRE-DFKD): a VAE continually learns the stream of synthetic samples.
 
-    - Reconstruction is measured where it matters for distillation: in the teacher's response
-      (logits), and optionally in pixels.
+    - Reconstruction is measured in pixels and where it matters for distillation: in the teacher's
+      response (logits).
     - Sampling draws latent codes from the paper's N(0, I) prior and is class-balanced: the codes take a
       gradient step towards confident, class-balanced teacher predictions while their moments stay near
       N(0, I).
@@ -92,13 +92,12 @@ class VAEMemory:
 
     name = "vae"
 
-    def __init__(self, vae: VAE, teacher: nn.Module, lr: float, recon: str = "pixel+logits",
-                 kld_weight: float = 1e-3, z_steps: int = 1, z_lr: float = 0.05, balanced: bool = True,
-                 rehearse: bool = True):
+    def __init__(self, vae: VAE, teacher: nn.Module, lr: float, kld_weight: float = 1e-3, z_steps: int = 1,
+                 z_lr: float = 0.05, balanced: bool = True, rehearse: bool = True):
         self.vae, self.teacher = vae, teacher
         self.trainer: nn.Module = vae  # what `observe` trains through: the VAE, or its DDP wrapper under torchrun
         self.opt = torch.optim.Adam(vae.parameters(), lr=lr)
-        self.recon, self.kld_weight = recon, kld_weight
+        self.kld_weight = kld_weight
         self.z_steps, self.z_lr = z_steps, z_lr
         self.balanced, self.rehearse = balanced, rehearse
         self.updates = 0
@@ -144,14 +143,10 @@ class VAEMemory:
             logits = torch.cat([logits[:half], rehearsal_logits]) if logits is not None and rehearsal_logits is not None else None
         self.vae.train()
         recon, mu, log_var = self.trainer(x)
-        loss = torch.zeros((), device=x.device)
-        if "pixel" in self.recon:
-            loss = loss + F.l1_loss(recon, x)
-        if "logits" in self.recon:
-            if logits is None:
-                with torch.no_grad():
-                    logits = self.teacher(x)
-            loss = loss + F.l1_loss(self.teacher(recon), logits.detach())
+        if logits is None:
+            with torch.no_grad():
+                logits = self.teacher(x)
+        loss = F.l1_loss(recon, x) + F.l1_loss(self.teacher(recon), logits.detach())
         kld = torch.mean(-0.5 * torch.sum(1 + log_var - mu**2 - log_var.exp(), dim=1))
         loss = loss + self.kld_weight * kld
         self.opt.zero_grad(set_to_none=True)

@@ -47,8 +47,8 @@ class DistillResult:
 def vae_memory(cfg: DistillConfig, vae: VAE, teacher: nn.Module, trained: bool = False) -> VAEMemory:
     """A VAE memory around `vae` (a fresh one, or a bundle's) with the run's VAE settings. `trained`: the VAE
     has learned a stream already (a shipped one), so it replays from the first draw."""
-    memory = VAEMemory(vae, teacher, lr=cfg.lr_vae, recon=cfg.vae_recon, kld_weight=cfg.vae_kld_weight,
-                       balanced=cfg.vae_balanced, rehearse=cfg.vae_rehearse)
+    memory = VAEMemory(vae, teacher, lr=cfg.lr_vae, kld_weight=cfg.vae_kld_weight, balanced=cfg.vae_balanced,
+                       rehearse=cfg.vae_rehearse)
     if trained:
         memory.updates = 1  # `sample` refuses an untrained VAE, which would replay noise
     return memory
