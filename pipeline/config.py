@@ -59,14 +59,14 @@ PRESET_VALUES: dict[str, dict[str, dict[str, Any]]] = {
         "export": {"benchmark_runs": 20},
     },
     "default": {},
-    # The reference code's settings, GPU scale (its information-entropy weight is in log10 units). Its VAE
-    # reconstruction (pixels and logits) is the only one the pipeline has.
+    # The reference code's settings, GPU scale (its information-entropy weight is in log10 units). Its
+    # Jensen-Shannon adversarial term and VAE reconstruction (pixels and logits) are the only ones the pipeline has.
     "paper": {
         "distill": {"iterations": 400 * 36, "kd_steps": 10, "batch_size": 1024, "replay_batch": 128,
                     "latent_dim": 1000, "vae_latent_dim": 1000, "vae_steps": 4, "lr_student": 0.1,
                     "student_optimizer": "sgd", "lr_generator": 0.02, "lr_vae": 0.02 / 40,
                     "w_bn": 0.0, "kd_loss": "l1", "vae_kld_weight": 1e-5,
-                    "w_balance": 5.0 / 2.302585, "w_onehot": 1.0, "w_activation": 0.1, "adversarial": "js",
+                    "w_balance": 5.0 / 2.302585, "w_onehot": 1.0, "w_activation": 0.1,
                     "input_noise": 0.0, "input_attack": 0.0, "ema_decay": 0.0, "vae_width": 64,
                     "eval_every": 360, "checkpoint_every": 720},
         "quantize": {"calibration_samples": 2048, "qat_steps": 1000, "qat_batch": 256},

@@ -14,7 +14,7 @@ SYNTHESIZERS = ("adversarial", "meta", "conditional")
 # by such a version still reads (pipeline.config drops them), while a config or --set naming one is refused.
 # None of them was shown to help by the benchmarks (docs/cli.md, "Removed settings").
 RETIRED = {"input_shift": 0, "input_mix": 0.0, "vae_features": False, "vae_prior_decay": 0.0,
-           "vae_recon": "pixel+logits"}
+           "vae_recon": "pixel+logits", "adversarial": "js"}
 
 
 @dataclass
@@ -48,7 +48,6 @@ class DistillConfig:
     lr_vae: float = setting(1e-3, gt=0)
     student_optimizer: str = setting("adam", choices=("adam", "sgd"))
     cosine_schedule: bool = True
-    adversarial: str = setting("js", choices=("js", "l1"))  # js (PRE-DFKD) | l1 (DFAD)
     kd_loss: str = setting("kl", choices=("l1", "kl"))  # kl on softened outputs | l1 on logits (DFAD, PRE-DFKD)
     w_adv: float = setting(1.0, ge=0)
     w_bn: float = setting(5.0, ge=0)  # BN-statistics prior (DeepInversion), in each layer's own units

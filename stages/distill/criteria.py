@@ -1,7 +1,7 @@
 """Loss terms for data-free distillation, each a small pure function or a hook.
 
 Generator objective (weighted sum, each switchable by a zero weight):
-  adversarial  teacher-student disagreement, maximised (DFAD: L1 on logits; PRE-DFKD: Jensen-Shannon)
+  adversarial  teacher-student disagreement (Jensen-Shannon, as in PRE-DFKD), maximised
   bn           distance of batch statistics to the teacher's BatchNorm running statistics (DeepInversion)
   balance      negative entropy of the batch-mean teacher prediction: low when classes are balanced (DAFL)
   onehot       cross-entropy of the teacher's output with its own argmax: confident samples (DAFL)
@@ -32,11 +32,9 @@ def l1_disagreement(student_logits: torch.Tensor, teacher_logits: torch.Tensor) 
     return (student_logits - teacher_logits).abs().mean()
 
 
-def adversarial_loss(kind: str, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+def adversarial_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
     """The generator *minimises* this, so it is the negated disagreement."""
-    if kind == "js":
-        return -js_divergence(student_logits, teacher_logits)
-    return -l1_disagreement(student_logits, teacher_logits)
+    return -js_divergence(student_logits, teacher_logits)
 
 
 def kd_loss(kind: str, student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:

@@ -55,7 +55,7 @@ class AdversarialSynthesizer:
             bn_loss = self.bn.loss()
         zero = torch.zeros((), device=x.device)
         terms = {
-            "adversarial": criteria.adversarial_loss(self.cfg.adversarial, student(x), t_logits) if student is not None else zero,
+            "adversarial": criteria.adversarial_loss(student(x), t_logits) if student is not None else zero,
             "bn": bn_loss,
             "balance": criteria.class_balance(t_logits, focus) if labels is None else zero,
             "onehot": criteria.onehot(t_logits, focus) if labels is None else F.cross_entropy(t_logits, labels),
