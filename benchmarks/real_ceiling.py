@@ -62,7 +62,7 @@ def kd_on_real(teacher: torch.nn.Module, student: torch.nn.Module, x_train: torc
     from stages.distill.engine import student_optimizer
 
     opt = student_optimizer(cfg, student)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps) if cfg.cosine_schedule else None
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     curve = []
     student.train()
     for step in range(1, steps + 1):
@@ -75,8 +75,7 @@ def kd_on_real(teacher: torch.nn.Module, student: torch.nn.Module, x_train: torc
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if sched is not None:
-            sched.step()
+        sched.step()
         if step % eval_every == 0 or step == steps:
             curve.append((step, evaluate(student)))
     student.eval()

@@ -17,13 +17,20 @@ Scenarios:
   drift       forgetting, with a generator learning rate ten times higher, so its distribution moves faster
               between phases.
   phases      the generator is steered through class groups ({0,5}, {1,6}, ... for 10 classes, each for a
-              tenth of the run, the cycle run twice: `distill.class_phases=5`): the synthetic stream leaves
+              tenth of the run, the cycle run twice: `stress.class_phases=5`): the synthetic stream leaves
               whole classes behind for long stretches, the setting replay is meant for.
   class-by-class
               the generator is steered to one class at a time (10 phases of 30 iterations, run twice), and the
               student has nothing that steadies it beyond the paper's loop: no weight average, no input noise, a
               constant learning rate of 1e-2 (Adam), ~1/10 of the teacher's size (MNIST: LeNet-5-quarter).
-              `--set distill.class_phases=5` gives two classes at a time.
+              `--set stress.class_phases=5` gives two classes at a time.
+
+The stresses (`stress.*` keys, which `--set` takes too) are the benchmark's, handed to the distillation loop;
+the pipeline has no such settings:
+  constant_lr   the student's learning rate stays where it starts (no cosine annealing)
+  class_phases  the generator is steered to one group of classes at a time: the classes split into this many
+                interleaved groups, each steered to for an equal stretch (0: none)
+  phase_cycles  how many times the groups are cycled through over the run
 """
 
 from __future__ import annotations
@@ -47,18 +54,59 @@ import results  # noqa: E402
 # with (the default preset before it took the attacked KD batch and fewer iterations).
 MEASURED_WITH = {"distill.iterations": 600, "distill.input_attack": 0.0}
 # A small student learning fast at a constant rate: what forgets when its stream moves.
-HASTY_STUDENT = {**MEASURED_WITH, "distill.cosine_schedule": False, "distill.lr_student": 0.01, "student.ratio": 0.1}
+HASTY_STUDENT = {**MEASURED_WITH, "stress.constant_lr": True, "distill.lr_student": 0.01, "student.ratio": 0.1}
 FORGETTING = {**HASTY_STUDENT, "distill.w_balance": 0.0}
-PHASES = {**MEASURED_WITH, "distill.class_phases": 5, "distill.phase_cycles": 2}
+PHASES = {**MEASURED_WITH, "stress.class_phases": 5, "stress.phase_cycles": 2}
 SCENARIOS = {
     "standard": {},
     "forgetting": FORGETTING,
     "drift": {**FORGETTING, "distill.lr_generator": 0.01},
     "phases": PHASES,
     # One class at a time, and a student without the steadying the default adds to the paper's loop.
-    "class-by-class": {**HASTY_STUDENT, **PHASES, "distill.class_phases": 10, "distill.ema_decay": 0.0,
+    "class-by-class": {**HASTY_STUDENT, **PHASES, "stress.class_phases": 10, "distill.ema_decay": 0.0,
                        "distill.input_noise": 0.0},
 }
+STRESSES = {"constant_lr": False, "class_phases": 0, "phase_cycles": 2}  # unstressed (see the docstring)
+
+
+def split_stress(overrides: dict) -> tuple[dict, dict]:
+    """The config overrides, and the stresses (`stress.*` keys) over their defaults."""
+    config, stress = {}, dict(STRESSES)
+    for key, value in overrides.items():
+        section, _, name = key.partition(".")
+        if section != "stress":
+            config[key] = value
+        elif name in STRESSES:
+            stress[name] = value
+        else:
+            raise SystemExit(f"unknown stress {key!r}; known: {', '.join('stress.' + k for k in STRESSES)}")
+    return config, stress
+
+
+def class_groups(num_classes: int, phases: int) -> list[list[int]]:
+    """Split the classes into `phases` interleaved groups (phases=5 of 10: {0,5}, {1,6}, ...)."""
+    return [list(range(g, num_classes, phases)) for g in range(phases)]
+
+
+def phase_of(iteration: int, iterations: int, phases: int, cycles: int) -> int:
+    """Which group the generator is steered to at `iteration`: `phases` equal phases, run `cycles` times."""
+    length = max(1, iterations // (phases * cycles))
+    return (iteration // length) % phases
+
+
+def stress_kwargs(stress: dict, iterations: int, teacher: torch.nn.Module, shape: tuple[int, ...]) -> dict:
+    """distill()'s keyword arguments that apply `stress` to a run of `iterations`."""
+    kwargs = {"constant_lr": bool(stress["constant_lr"])}
+    phases, cycles = stress["class_phases"], stress["phase_cycles"]
+    if not phases:
+        return kwargs
+    with torch.no_grad():
+        num_classes = teacher(torch.zeros(2, *shape, device=next(teacher.parameters()).device)).shape[1]
+    if not 0 < phases <= num_classes or cycles < 1 or phases * cycles > iterations:
+        raise SystemExit(f"stress.class_phases ({phases}) must be within the teacher's {num_classes} classes, and "
+                         f"times stress.phase_cycles ({cycles}, >= 1) within distill.iterations ({iterations})")
+    groups = class_groups(num_classes, phases)
+    return {**kwargs, "steer": lambda it: groups[phase_of(it, iterations, phases, cycles)]}
 
 
 def _value(text: str):
@@ -121,7 +169,7 @@ def run_one(task: str, mode: str, seed: int, preset: str, sets: dict, mnist_path
     from pipeline.config import load_config
     from stages.distill.engine import distill, expected_accuracy, largest_drop
 
-    overrides = {"preset": preset, **SCENARIOS[scenario], **sets, "distill.replay": mode}
+    overrides, stress = split_stress({"preset": preset, **SCENARIOS[scenario], **sets, "distill.replay": mode})
     cfg = load_config(overrides=overrides)
     torch.manual_seed(seed)
     teacher, student, shape, evaluate, teacher_acc = load_task(task, cfg, mnist_path, scenario, device)
@@ -133,7 +181,7 @@ def run_one(task: str, mode: str, seed: int, preset: str, sets: dict, mnist_path
                   f"({row['elapsed_s']:.1f} s)", file=sys.stderr, flush=True)
 
     res = distill(cfg.distill, teacher, student, shape, run_dir, device, seed=seed, evaluate=evaluate,
-                  progress=progress)
+                  progress=progress, **stress_kwargs(stress, cfg.distill.iterations, teacher, shape))
     if mode == "vae" and scenario == "standard" and not sets and device.type == "cpu":
         # The same student the quantize benchmark would distil (same preset, seed, settings): leave it there.
         from quantize import distilled_path, save_distilled
@@ -185,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--preset", default="default")
     ap.add_argument("--scenario", choices=tuple(SCENARIOS), default="standard")
     ap.add_argument("--mnist", type=Path, default=ROOT.parent / "shared" / "data" / "mnist10k.npz")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, e.g. distill.lr_student=0.001")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override or stress, e.g. distill.lr_student=0.001, stress.class_phases=5")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: the same runs on the first GPU")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / ".cache" / "distill-runs")

@@ -32,7 +32,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import results  # noqa: E402
-from replay import SCENARIOS, _parse_sets, load_task  # noqa: E402
+from replay import SCENARIOS, _parse_sets, load_task, split_stress, stress_kwargs  # noqa: E402
 
 
 def kd_value(student: torch.nn.Module, samples: torch.Tensor, t_logits: torch.Tensor, evaluate, steps: int) -> float:
@@ -66,7 +66,8 @@ def run_seed(seed: int, scenario: str, sets: dict, at: list[int] | None, n: int,
     from stages.distill.engine import build_memory, distill
     from stages.distill.memory import ReservoirMemory
 
-    cfg = load_config(overrides={"preset": "default", **SCENARIOS[scenario], **sets, "distill.replay": "vae"})
+    overrides, stress = split_stress({"preset": "default", **SCENARIOS[scenario], **sets, "distill.replay": "vae"})
+    cfg = load_config(overrides=overrides)
     torch.manual_seed(seed)
     teacher, student, shape, evaluate, _ = load_task("digits", cfg, None, scenario, torch.device("cpu"))
     fresh = copy.deepcopy(student)
@@ -96,7 +97,8 @@ def run_seed(seed: int, scenario: str, sets: dict, at: list[int] | None, n: int,
         torch.set_rng_state(rng)
 
     res = distill(cfg.distill, teacher, student, shape, out / f"fidelity-s{seed}", torch.device("cpu"), seed=seed,
-                  evaluate=evaluate, progress=progress, memory=memory)
+                  evaluate=evaluate, progress=progress, memory=memory,
+                  **stress_kwargs(stress, cfg.distill.iterations, teacher, shape))
     return rows, evaluate(res.student)
 
 
@@ -136,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.samples < 1 or args.kd_steps < 1:
         raise SystemExit("--samples and --kd-steps must be positive")
     torch.set_num_threads(1)
-    sets = {"distill.phase_cycles": 1, "student.ratio": 0.05, "distill.lr_student": 3e-2, **_parse_sets(args.set)}
+    sets = {"stress.phase_cycles": 1, "student.ratio": 0.05, "distill.lr_student": 3e-2, **_parse_sets(args.set)}
     at = [int(s) for s in args.at.split(",") if s.strip()] or None
     rows, finals = [], {}
     for seed in (int(s) for s in args.seeds.split(",") if s.strip()):

@@ -26,10 +26,6 @@ class TeacherConfig:
     # The logits in a richer forward output: an index into a tuple/list, or a key/attribute name
     output: int | str | None = None
 
-    def task_shape(self) -> tuple[tuple[int, ...], int]:
-        """(input shape, class count) as the config states them, before the teacher is loaded."""
-        return SHAPES[self.builtin] if self.builtin is not None else (tuple(self.input_shape), self.num_classes)
-
     def validate(self, cfg) -> None:
         """`cfg`: the run's config, whose folder relative paths resolve against."""
         _check_output(self.output)

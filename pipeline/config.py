@@ -106,10 +106,10 @@ def validate(cfg: RunConfig) -> RunConfig:
         if cfg.eval != "digits":
             raise UsageError(f"unknown eval set '{cfg.eval}'; choose one of: digits, FILE.npz")
     check(cfg.student, "student.")
+    check(cfg.distill, "distill.")
     check(cfg.quantize, "quantize.")
     check(cfg.export, "export.")
     cfg.teacher.validate(cfg)
-    cfg.distill.validate(*cfg.teacher.task_shape())
     if cfg.student.arch != "auto":
         check_spec(cfg, "student factory", cfg.student.arch)
     if cfg.student.weights:

@@ -165,22 +165,6 @@ def test_class_steering_pushes_samples_into_the_group_and_balances_within_it():
     assert criteria.class_balance(only_two, group).item() > criteria.class_balance(in_group, group).item() + 0.5
 
 
-def test_class_groups_and_phases_cycle_through_every_class():
-    groups = criteria.class_groups(10, 5)
-    assert groups == [[0, 5], [1, 6], [2, 7], [3, 8], [4, 9]]
-    assert sorted(c for g in criteria.class_groups(7, 3) for c in g) == list(range(7))
-    phases = [criteria.phase_of(it, 600, 5, 2) for it in range(600)]
-    assert phases[:60] == [0] * 60 and phases[60] == 1 and phases[299] == 4 and phases[300] == 0
-    assert [phases.count(g) for g in range(5)] == [120] * 5  # every group gets the same share
-
-
-def test_class_phases_beyond_the_teachers_classes_is_refused(tmp_path):
-    cfg = load_config(overrides={"preset": "smoke", "distill.class_phases": 5}).distill
-    teacher = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
-    with pytest.raises(UsageError, match="must not exceed the teacher's 3 classes"):
-        distill(cfg, teacher, nn.Sequential(nn.Flatten(), nn.Linear(4, 3)), (4,), tmp_path, torch.device("cpu"))
-
-
 def test_activation_and_kd_losses():
     assert criteria.activation(torch.ones(4, 3)).item() == -1.0
     assert criteria.activation(None).item() == 0.0
@@ -340,25 +324,54 @@ def test_input_noise_reaches_the_student_but_not_the_memory(tmp_path):
     assert torch.allclose(memory.observed[0], batch[:8], atol=0.5 * 6)
 
 
-def test_class_phases_steer_the_generator_to_the_current_group(tmp_path):
-    # Two phases, one cycle: the last half of the run steers to the odd classes {1, 3, 5, 7, 9}.
+def test_steer_moves_the_generator_to_the_group_it_names(tmp_path):
+    # The benchmarks' class-phased stress: the last half of the run steers to the odd classes {1, 3, 5, 7, 9}.
     cfg = _smoke_cfg(iterations=24, kd_steps=1, vae_steps=0, replay="none", w_adv=0.0, w_bn=0.0, w_activation=0.0,
-                     lr_generator=1e-2, eval_every=24, checkpoint_every=100, phase_cycles=1)
+                     lr_generator=1e-2, eval_every=24, checkpoint_every=100)
     torch.manual_seed(3)
     teacher = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval()  # every class is reachable from the input
+    asked = []
 
-    def odd_share(phases: int) -> float:
+    def halves(it: int) -> list[int]:
+        asked.append(it)
+        return [0, 2, 4, 6, 8] if it < 12 else [1, 3, 5, 7, 9]
+
+    def odd_share(steer) -> float:
         torch.manual_seed(0)
-        res = distill(dataclasses.replace(cfg, class_phases=phases), teacher, _student(), SHAPE, tmp_path / str(phases),
-                      torch.device("cpu"), seed=0)
+        res = distill(cfg, teacher, _student(), SHAPE, tmp_path / str(steer is None), torch.device("cpu"), seed=0,
+                      steer=steer)
         with torch.no_grad():
             res.generator.eval()
             labels = teacher(res.generator(torch.randn(256, cfg.latent_dim))).argmax(1)
         return (labels % 2 == 1).float().mean().item()
 
-    steered, free = odd_share(2), odd_share(0)
+    steered, free = odd_share(halves), odd_share(None)
+    assert asked == list(range(24))  # asked once per iteration, before the generator's step
     assert steered > 0.9
     assert steered > free + 0.2
+
+
+def test_constant_lr_keeps_the_students_steps_as_large_as_the_first_and_the_default_anneals_them(tmp_path):
+    # The benchmarks' hasty-student stress. Both runs take the same first iteration; under the cosine schedule
+    # the last of 4 runs at 15% of the learning rate, and Adam's steps shrink with it.
+    cfg = _smoke_cfg(iterations=4, kd_steps=2, eval_every=4, checkpoint_every=100, batch_size=16, replay_batch=8,
+                     ema_decay=0.0)
+
+    def steps(constant: bool) -> list[float]:
+        torch.manual_seed(0)
+        student = _student()
+        weights = [torch.cat([p.detach().flatten() for p in student.parameters()])]
+
+        def progress(step, row):
+            weights.append(torch.cat([p.detach().flatten() for p in student.parameters()]))
+
+        distill(cfg, TinyTeacher().eval(), student, SHAPE, tmp_path / str(constant), torch.device("cpu"),
+                progress=progress, constant_lr=constant)
+        return [(b - a).abs().mean().item() for a, b in zip(weights, weights[1:])]
+
+    annealed, constant = steps(False), steps(True)
+    assert annealed[0] == constant[0]
+    assert annealed[-1] < 0.3 * constant[-1]
 
 
 @pytest.mark.parametrize("mode", ["vae", "memory", "none"])

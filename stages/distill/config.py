@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from core.errors import UsageError
-from core.settings import check, setting
+from core.settings import setting
 
 REPLAY_MODES = ("vae", "memory", "none")
 SYNTHESIZERS = ("adversarial", "meta", "conditional")
 
 # Settings earlier versions had, each with the value at which it did what this version does: a run.json stored
 # by such a version still reads (pipeline.config drops them), while a config or --set naming one is refused.
-# None of them was shown to help by the benchmarks (docs/cli.md, "Removed settings").
+# The benchmarks did not show them helping, or they were stresses the benchmarks now apply themselves
+# (docs/cli.md, "Removed settings").
 RETIRED = {"input_shift": 0, "input_mix": 0.0, "vae_features": False, "vae_prior_decay": 0.0,
-           "vae_recon": "pixel+logits", "adversarial": "js"}
+           "vae_recon": "pixel+logits", "adversarial": "js",
+           "cosine_schedule": True, "class_phases": 0, "phase_cycles": 2}
 
 
 @dataclass
@@ -47,7 +48,6 @@ class DistillConfig:
     lr_generator: float = setting(1e-3, gt=0)
     lr_vae: float = setting(1e-3, gt=0)
     student_optimizer: str = setting("adam", choices=("adam", "sgd"))
-    cosine_schedule: bool = True
     kd_loss: str = setting("kl", choices=("l1", "kl"))  # kl on softened outputs | l1 on logits (DFAD, PRE-DFKD)
     w_adv: float = setting(1.0, ge=0)
     w_bn: float = setting(5.0, ge=0)  # BN-statistics prior (DeepInversion), in each layer's own units
@@ -75,26 +75,6 @@ class DistillConfig:
     # The shipped (and evaluated) student is a moving average of the student's weights over its steps,
     # with this decay per student step; 0 ships the last weights as they are. No data selects anything.
     ema_decay: float = setting(0.995, ge=0, lt=1, hint="0: no averaging")
-    # A stress setting for measuring forgetting: the generator is steered to one group of classes at a time
-    # (the classes split into `class_phases` groups, cycled `phase_cycles` times over the run).
-    class_phases: int = setting(0, ge=0)
-    phase_cycles: int = setting(2, gt=0)
     eval_every: int = setting(20, gt=0)
     probe_per_class: int = setting(32, gt=0)
     checkpoint_every: int = setting(50, gt=0)
-
-    def validate(self, shape: tuple[int, ...], num_classes: int) -> None:
-        """Every field's own rule, then the rules that tie fields to each other and to the teacher."""
-        check(self, "distill.")
-        if self.class_phases and self.class_phases * self.phase_cycles > self.iterations:
-            raise UsageError(f"config: distill.class_phases x distill.phase_cycles ({self.class_phases} x "
-                             f"{self.phase_cycles}) must not exceed distill.iterations ({self.iterations})")
-        check_against_teacher(self, shape, num_classes)
-
-
-def check_against_teacher(d: DistillConfig, shape: tuple[int, ...], num_classes: int) -> None:
-    """Settings that depend on the teacher's input shape or class count: checked from the config, and by the
-    distillation loop from the teacher itself (for callers that bypass the config)."""
-    if d.class_phases > num_classes:
-        raise UsageError(f"config: distill.class_phases ({d.class_phases}) must not exceed the teacher's "
-                         f"{num_classes} classes")

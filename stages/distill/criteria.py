@@ -8,7 +8,7 @@ Generator objective (weighted sum, each switchable by a zero weight):
   activation   negative mean magnitude of the teacher's penultimate features (DAFL)
 
 `balance` and `onehot` take an optional class group: with one, they steer the generator to those classes
-only (the class-phased stream that measures forgetting; see `class_groups`).
+only (a benchmark's stress that measures forgetting; see engine.distill's `steer`).
 """
 
 from __future__ import annotations
@@ -60,17 +60,6 @@ def onehot(teacher_logits: torch.Tensor, classes: list[int] | None = None) -> to
         return F.cross_entropy(teacher_logits, teacher_logits.argmax(1))
     group = torch.as_tensor(classes, device=teacher_logits.device)
     return F.cross_entropy(teacher_logits, group[teacher_logits[:, group].argmax(1)])
-
-
-def class_groups(num_classes: int, phases: int) -> list[list[int]]:
-    """Split the classes into `phases` interleaved groups (phases=5 of 10: {0,5}, {1,6}, ...)."""
-    return [list(range(g, num_classes, phases)) for g in range(phases)]
-
-
-def phase_of(iteration: int, iterations: int, phases: int, cycles: int) -> int:
-    """Which group the generator is steered to at `iteration`: `phases` equal phases, run `cycles` times."""
-    length = max(1, iterations // (phases * cycles))
-    return (iteration // length) % phases
 
 
 def activation(features: torch.Tensor | None) -> torch.Tensor:

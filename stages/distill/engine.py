@@ -32,15 +32,20 @@ __all__ = ["distill", "DistillResult", "build_memory", "build_vae", "vae_memory"
 def distill(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, shape: tuple[int, ...], out_dir: Path,
             device: torch.device, seed: int = 0, evaluate: Callable[[nn.Module], float] | None = None,
             resume: bool = False, progress: Callable[[int, dict], None] | None = None,
-            memory=None, world: World = SINGLE, inform: Callable[[str], None] | None = None) -> DistillResult:
+            memory=None, world: World = SINGLE, inform: Callable[[str], None] | None = None,
+            steer: Callable[[int], list[int] | None] | None = None, constant_lr: bool = False) -> DistillResult:
     """Distil `teacher` into `student` without data. `memory` may carry an existing (shipped) VAE memory.
-    Under torchrun (`world` of several processes) every rank calls this; rank 0 evaluates and checkpoints."""
+    Under torchrun (`world` of several processes) every rank calls this; rank 0 evaluates and checkpoints.
+    Two stresses for measuring forgetting, which the pipeline never applies (benchmarks/replay.py does):
+    `steer(it)` names the classes the generator is steered to at iteration `it` (None: all of them), and
+    `constant_lr` keeps the student's learning rate where it starts instead of annealing it."""
     device = torch.device(device)
     layout = Layout(enabled=len(shape) == 3 and device.type == "cpu")
     frozen = TeacherFrozen(teacher)
     session = None
     try:
-        session = Session(cfg, teacher, student, shape, out_dir, device, seed, memory, world, layout)
+        session = Session(cfg, teacher, student, shape, out_dir, device, seed, memory, world, layout, steer,
+                          constant_lr)
         if resume:
             session.restore()
         session.wrap()

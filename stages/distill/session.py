@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -13,9 +14,9 @@ from torch import nn
 from core.errors import RunError, UsageError
 from core.fileio import atomic_path
 from core.world import World
-from stages.distill import criteria, parallel
+from stages.distill import parallel
 from stages.distill.averaging import WeightAverage
-from stages.distill.config import DistillConfig, check_against_teacher
+from stages.distill.config import DistillConfig
 from stages.distill.memory import NoReplay, ReservoirMemory, VAEMemory
 from stages.distill.networks import VAE, auto_vae_width
 from stages.distill.probes import agreement, synthesize_probes
@@ -134,7 +135,8 @@ class Session:
     """Everything the loop works on, built once: models, optimisers, memory, probes, resume state, DDP."""
 
     def __init__(self, cfg: DistillConfig, teacher: nn.Module, student: nn.Module, shape: tuple[int, ...],
-                 out_dir: Path, device: torch.device, seed: int, memory, world: World, layout: Layout):
+                 out_dir: Path, device: torch.device, seed: int, memory, world: World, layout: Layout,
+                 steer: Callable[[int], list[int] | None] | None = None, constant_lr: bool = False):
         if world.is_main:
             out_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(seed)
@@ -142,17 +144,16 @@ class Session:
         self.teacher = teacher.to(device).eval()
         self.student = student.to(device)
         num_classes = _num_classes(self.teacher, shape, device)
-        check_against_teacher(cfg, shape, num_classes)
         self.synth = build_synthesizer(cfg, self.teacher, shape, device, num_classes)
         self.memory = memory if memory is not None else build_memory(cfg, shape, self.teacher, device)
         layout.adopt(self.teacher, self.student, self.synth.generator, self.vae)
         layout.check(shape, device, self.teacher, self.student)
         self.opt = student_optimizer(cfg, self.student)
-        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=cfg.iterations) if cfg.cosine_schedule else None
+        self.sched = None if constant_lr else torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=cfg.iterations)
         self.average = WeightAverage(self.student, cfg.ema_decay) if cfg.ema_decay > 0 else None
         layout.adopt(self.average.model if self.average is not None else None)
         self.shipped = self.average.model if self.average is not None else self.student  # evaluated and returned
-        self.groups = criteria.class_groups(num_classes, cfg.class_phases) if cfg.class_phases else None
+        self.steer = steer
         self.probes, self.probe_labels = None, None
         if world.is_main:
             self.probes, self.probe_labels = synthesize_probes(self.teacher, shape, num_classes, cfg.probe_per_class,
@@ -175,10 +176,8 @@ class Session:
         return self.out_dir / CHECKPOINT
 
     def focus(self, it: int) -> list[int] | None:
-        """The class group the generator is steered to at `it` (the class-phased stress setting), or None."""
-        if not self.groups:
-            return None
-        return self.groups[criteria.phase_of(it, self.cfg.iterations, len(self.groups), self.cfg.phase_cycles)]
+        """The classes the generator is steered to at `it` (a benchmark's stress), or None: all of them."""
+        return self.steer(it) if self.steer is not None else None
 
     def remember(self, x_new: torch.Tensor, replay: torch.Tensor | None, t_all: torch.Tensor | None) -> None:
         """The memory learns the clean samples; without the teacher's answers (a perturbed batch) it asks itself."""
