@@ -9,6 +9,12 @@ quantized from the same FP32 student with each calibration source: `vae`, `gener
 are what the pipeline can use; `real` (the task's training images) is the upper bound, here only.
 Accuracy is on the task's real test split, of the exported INT8 ONNX as onnxruntime runs it.
 Writes benchmarks/results/quantize-<task>.json per task and prints its table.
+
+    python benchmarks/quantize.py --peers [--max-drop 1.0] [--runs 300] [--modelopt-python PATH]
+
+compares the INT8 peers instead (ONNX Runtime quantize_static, NNCF PTQ, NVIDIA Model Optimizer, ours) on
+the digits and LeNet-5 students and teachers and the example image teacher (benchmarks/peers.py says how)
+and writes benchmarks/results/quantize-peers.json.
 """
 
 from __future__ import annotations
@@ -145,8 +151,20 @@ def main() -> None:
     ap.add_argument("--sources", default="vae,generator,noise,real")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--mnist", type=Path, default=Path(__file__).resolve().parent.parent.parent / "shared/data/mnist10k.npz")
+    ap.add_argument("--peers", action="store_true", help="compare INT8 peers (benchmarks/peers.py) instead")
+    ap.add_argument("--max-drop", type=float, default=1.0, help="--peers: quantize.max_drop of the sensitivity row")
+    ap.add_argument("--runs", type=int, default=300, help="--peers: timed inferences per model")
+    ap.add_argument("--resnet-calib", type=int, default=128, help="--peers: noise samples calibrating ResNet-18")
+    ap.add_argument("--modelopt-python", type=Path, default=None,
+                    help="--peers: the Python of an environment with nvidia-modelopt[onnx] "
+                         "(default: benchmarks/.cache/modelopt-venv)")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.peers:
+        import peers
+
+        results.show(peers.run(args, results.command_line(__file__)))
+        return
     tasks = ["digits", "mnist"] if args.task == "both" else [args.task]
     settings = {"target": args.target, "preset": args.preset, "seed": args.seed}
     for name in tasks:

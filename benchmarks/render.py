@@ -27,6 +27,7 @@ BLOCK = re.compile(r"(<!-- results:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /r
 COMMANDS = {
     "quantize-digits": "python benchmarks/quantize.py --task digits",
     "quantize-mnist": "python benchmarks/quantize.py --task mnist",
+    "quantize-peers": "python benchmarks/quantize.py --peers",
     "own-teacher-tabular": "python benchmarks/own_teacher.py --only tabular",
     "own-teacher-image": "python benchmarks/own_teacher.py --only image",
     "real-ceiling-mnist": "python benchmarks/real_ceiling.py --task mnist --seeds 0,1",
