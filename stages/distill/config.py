@@ -66,7 +66,6 @@ class DistillConfig:
     kd_temperature: float = setting(1.0, gt=0)  # for kd_loss = "kl"
     # Gaussian noise (std, in normalised input units) on the student's KD batch, labelled by the teacher on
     # the noisy inputs: the student learns the teacher around each synthetic sample, not only on it.
-    # This and `input_attack` are their sizes at the start: both shrink with the student's learning rate.
     input_noise: float = setting(0.3, ge=0)
     # The first `attack_fraction` of the student's batch moved by `input_attack` (normalised input units per
     # element, in `attack_steps` signed-gradient steps) towards where the student disagrees with the teacher,

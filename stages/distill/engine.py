@@ -73,7 +73,7 @@ def _train(s: Session, cfg: DistillConfig, evaluate, progress, inform) -> None:
             replay = s.memory.sample(s.replay_batch)
             x_all = x_new if replay is None else torch.cat([x_new, replay])
             if s.perturbed:
-                x_all = _around(x_all, s.student, s.teacher, cfg, s.sched.factor())
+                x_all = _around(x_all, s.student, s.teacher, cfg)
             with torch.no_grad():
                 t_all = s.teacher(x_all)  # one teacher pass serves the student and the memory
             out = s.student_train(x_all)
@@ -93,14 +93,11 @@ def _train(s: Session, cfg: DistillConfig, evaluate, progress, inform) -> None:
             break
 
 
-def _around(x: torch.Tensor, student: nn.Module, teacher: nn.Module, cfg: DistillConfig, strength: float) -> torch.Tensor:
-    """The KD batch moved around its samples (noise, toward disagreement): the teacher labels the moved inputs, so
-    the student learns the teacher around each sample, not only on it. Both shrink with the learning rate
-    (`strength`, its fraction of the initial rate): wide neighbourhoods while the student moves fast, the samples
-    themselves as it settles, so the annealed student fits the teacher where the samples are."""
-    x = augment.perturb(x, strength * cfg.input_noise)
-    return augment.toward_disagreement(x, student, teacher, strength * cfg.input_attack, cfg.attack_steps,
-                                       cfg.attack_fraction)
+def _around(x: torch.Tensor, student: nn.Module, teacher: nn.Module, cfg: DistillConfig) -> torch.Tensor:
+    """The KD batch moved around its samples (noise, toward disagreement): the teacher labels
+    the moved inputs, so the student learns the teacher around each sample, not only on it."""
+    x = augment.perturb(x, cfg.input_noise)
+    return augment.toward_disagreement(x, student, teacher, cfg.input_attack, cfg.attack_steps, cfg.attack_fraction)
 
 
 def expected_accuracy(history: list[dict]) -> float | None:
