@@ -209,7 +209,7 @@ class Recorder:
 
     def snapshot(self) -> dict:
         return {"forward": Counter(self.passes.forward), "backward": Counter(self.passes.backward),
-                "seconds": self.parts.totals(), "student": self.student.count}
+                "seconds": self.parts.totals(), "student": self.student.count, "cpu": time.process_time()}
 
     def install(self, probe_steps: int | None) -> None:
         from stages.distill import augment, engine, session
@@ -263,9 +263,10 @@ class Recorder:
         first, last = self.snapshots[1], self.snapshots[-1]
         n = len(self.snapshots) - 2
         diff = lambda key: {p: (last[key][p] - first[key][p]) / n for p in set(last[key]) | set(first[key])}
+        # CPU seconds (all of the process's threads) hardly move when other jobs share the host; wall seconds do
         return {"forward": diff("forward"), "backward": diff("backward"), "seconds": diff("seconds"),
                 "student": (last["student"] - first["student"]) / n, "timed": n,
-                "s_per_iteration": sum(self.durations[1:]) / n}
+                "s_per_iteration": sum(self.durations[1:]) / n, "cpu_s_per_iteration": (last["cpu"] - first["cpu"]) / n}
 
 
 def run_row(rung: Rung, plan: Plan, device: torch.device, iterations: int | None) -> dict:
@@ -303,16 +304,15 @@ def run_row(rung: Rung, plan: Plan, device: torch.device, iterations: int | None
 
 
 def child(args) -> int:
-    t0 = time.perf_counter()
     threads = int(args.threads)
     torch.set_num_threads(threads)
     rung = LADDER[args.row]
     device = torch.device(args.device)
     plan = rung.cuda if device.type == "cuda" else rung.cpu
     row = run_row(rung, plan, device, args.iterations)
-    # The CPU time the row got out of what its threads could have had: below 1 when the host was busy elsewhere
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    row["cpu_share"] = (usage.ru_utime + usage.ru_stime) / (threads * (time.perf_counter() - t0))
+    # The CPU time the timed iterations got out of what their threads could have had: below 1 when the host was
+    # busy elsewhere (or a thread waited)
+    row["cpu_share"] = row["cpu_s_per_iteration"] / (threads * row["s_per_iteration"])
     Path(args.row_out).write_text(json.dumps(row))
     return 0
 
@@ -349,7 +349,7 @@ def _spawn(name: str, threads: int, device: str, iterations: int | None) -> dict
 # ---- tables and plot ---------------------------------------------------------------------------------
 
 COLUMNS = ["teacher", "input", "teacher GFLOPs", "student GFLOPs", "generator GFLOPs", "device", "threads",
-           "batch + replay", "iterations timed", "s / iteration", "teacher fwd / it", "teacher bwd / it",
+           "batch + replay", "iterations timed", "s / iteration", "CPU s / iteration", "teacher fwd / it", "teacher bwd / it",
            "student samples / s", "probe synthesis s", "peak MB", "load before", "CPU share"]
 
 
@@ -365,12 +365,13 @@ def cost_row(name: str, device: str, threads: int, r: dict) -> list:
     rung = LADDER[name]
     if "error" in r:
         return [name, _shape(rung.shape), None, None, None, device, threads, None, None, r["error"][:80]] + \
-            [None] * 5 + [round(r["load"], 2), None]
+            [None] * 6 + [round(r["load"], 2), None]
     g = r["gflops"]
     peak = r["peak_gpu_mb"] if r["peak_gpu_mb"] is not None else r["peak_rss_mb"]
     probe = f"{r['probe_s']:.1f}" + ("" if not r["probe_steps"] else f" ({r['probe_steps']} steps scaled)")
     return [name, _shape(rung.shape), _round(g["teacher"]), _round(g["student"]), _round(g["generator"]), device,
             threads, f"{r['batch']} + {r['replay']}", r["timed"], _round(r["s_per_iteration"]),
+            _round(r["cpu_s_per_iteration"]),
             round(sum(r["forward"].values())), round(sum(r["backward"].values())),
             _round(r["student"] / r["s_per_iteration"]), probe, round(peak), round(r["load"], 2),
             round(r["cpu_share"], 2)]
@@ -450,8 +451,10 @@ def report(measured: list[tuple[str, str, int, dict]], args) -> dict:
                             "samples: its KD batches (fresh and replayed) per second of timed iterations. Probe "
                             "synthesis is set-up, before the first iteration and outside the iteration time. Peak MB: "
                             "the process's peak resident memory (on a GPU, torch's peak allocation). Load: the host's "
-                            "one-minute load average when the row started (the host is shared); CPU share: the row "
-                            "process's CPU time over its threads x its wall time."),
+                            "one-minute load average when the row started (the host is shared). CPU s: the process's CPU "
+                            "time (all threads) per timed iteration; CPU share: that over threads x wall seconds, "
+                            "below 1 when other jobs took the cores (1-thread CPU seconds are then the better "
+                            "measure of an idle host's wall time)."),
         results.table("The stage's printed estimate against the actual distillation time",
                       ["teacher", "device", "threads", "iterations", "estimated s / it", "estimated s", "actual s",
                        "error"], estimates,
