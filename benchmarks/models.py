@@ -1,4 +1,5 @@
-"""Benchmark models: a CIFAR-style ResNet-18 (3x32x32 in, 10 classes) and BatchNorm folding."""
+"""Benchmark models: a CIFAR-style ResNet-18 (3x32x32 in, 10 classes), MobileNetV2 and ResNet-50 (the ImageNet
+architectures, any input size), and BatchNorm folding. Written here so no benchmark needs torchvision."""
 
 from __future__ import annotations
 
@@ -39,6 +40,80 @@ class ResNet18(nn.Module):
 
     def forward(self, x):
         return self.fc(torch.flatten(self.pool(self.features(x)), 1))
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2's block: 1x1 expansion, 3x3 depthwise, 1x1 linear projection; a residual when shapes allow."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expand: int):
+        super().__init__()
+        hidden = cin * expand
+        layers: list[nn.Module] = []
+        if expand != 1:
+            layers += [*conv_bn(cin, hidden, 1), nn.ReLU6(inplace=True)]
+        layers += [nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False), nn.BatchNorm2d(hidden),
+                   nn.ReLU6(inplace=True), *conv_bn(hidden, cout, 1)]
+        self.body = nn.Sequential(*layers)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x):
+        return x + self.body(x) if self.residual else self.body(x)
+
+
+class MobileNetV2(nn.Module):
+    """MobileNetV2 at width 1.0 (Sandler et al. 2018), as torchvision builds it."""
+
+    # (expansion, channels, blocks, first stride) per stage
+    STAGES = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        layers: list[nn.Module] = [*conv_bn(3, 32, 3, 2), nn.ReLU6(inplace=True)]
+        cin = 32
+        for t, c, n, s in self.STAGES:
+            for i in range(n):
+                layers.append(InvertedResidual(cin, c, s if i == 0 else 1, t))
+                cin = c
+        layers += [*conv_bn(cin, 1280, 1), nn.ReLU6(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(1280, num_classes)
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+class Bottleneck(nn.Module):
+    """ResNet-50's block, strided in its 3x3 convolution (torchvision's "v1.5")."""
+
+    def __init__(self, cin: int, width: int, stride: int):
+        super().__init__()
+        cout = 4 * width
+        self.body = nn.Sequential(*conv_bn(cin, width, 1), nn.ReLU(inplace=True), *conv_bn(width, width, 3, stride),
+                                  nn.ReLU(inplace=True), *conv_bn(width, cout, 1))
+        self.shortcut = conv_bn(cin, cout, 1, stride) if stride != 1 or cin != cout else nn.Identity()
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        return self.act(self.body(x) + self.shortcut(x))
+
+
+class ResNet50(nn.Module):
+    """ResNet-50: 7x7 stem and max-pool, bottleneck stages of 3, 4, 6 and 3 blocks."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        layers: list[nn.Module] = [*conv_bn(3, 64, 7, 2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)]
+        cin = 64
+        for width, blocks, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
+            for i in range(blocks):
+                layers.append(Bottleneck(cin, width, stride if i == 0 else 1))
+                cin = 4 * width
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        self.features = nn.Sequential(*layers)
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.features(x))
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
