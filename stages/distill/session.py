@@ -20,7 +20,6 @@ from stages.distill.config import DistillConfig
 from stages.distill.memory import NoReplay, ReservoirMemory, VAEMemory
 from stages.distill.networks import VAE, auto_vae_width
 from stages.distill.probes import agreement, synthesize_probes
-from stages.distill.schedule import Schedule
 from stages.distill.stopping import Pace, fitting_iterations, plateaued
 from stages.distill.synthesizer import build_synthesizer
 
@@ -150,7 +149,7 @@ class Session:
         layout.adopt(self.teacher, self.student, self.synth.generator, self.vae)
         layout.check(shape, device, self.teacher, self.student)
         self.opt = student_optimizer(cfg, self.student)
-        self.sched = Schedule(self.opt, cfg.iterations, constant=constant_lr)
+        self.sched = None if constant_lr else torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=cfg.iterations)
         self.average = WeightAverage(self.student, cfg.ema_decay) if cfg.ema_decay > 0 else None
         layout.adopt(self.average.model if self.average is not None else None)
         self.shipped = self.average.model if self.average is not None else self.student  # evaluated and returned
@@ -195,7 +194,8 @@ class Session:
 
     def _parts(self) -> dict:
         parts = {"student": self.student, "synthesizer": self.synth, "memory": self.memory, "opt_s": self.opt}
-        parts["sched"] = self.sched
+        if self.sched is not None:
+            parts["sched"] = self.sched
         if self.average is not None:
             parts["average"] = self.average
         return parts
@@ -240,18 +240,14 @@ class Session:
         main = self.world.is_main
         if self.pace.timed == ESTIMATE_AFTER and main:
             self._estimate(step, elapsed, inform)
-        stop, cool = None, False
+        stop = None
         if main and (step % self.cfg.eval_every == 0 or step == self.cfg.iterations):
             self.history.append(self._row(step, elapsed, evaluate, loss_s, loss_g, train_agreement))
-            cool = not self.sched.cooling and plateaued([r["agreement"] for r in self.history], self.cfg.patience,
-                                                        self.cfg.min_gain)
-        if main and self.cfg.time_budget and elapsed >= self.cfg.time_budget:
+            if plateaued([r["agreement"] for r in self.history], self.cfg.patience, self.cfg.min_gain):
+                stop = "plateau"
+        if main and stop is None and self.cfg.time_budget and elapsed >= self.cfg.time_budget:
             stop = "time-budget"
-        cool, stop = parallel.broadcast((cool, stop), self.world)  # rank 0 decides for all
-        if cool:
-            self._cool_down(step, inform if main else None)
-        if stop is None and self.sched.cooled:
-            stop = "plateau"
+        stop = parallel.broadcast(stop, self.world)  # rank 0 decides for all
         if stop is not None and main and (not self.history or self.history[-1]["step"] != step):  # evaluate the end
             self.history.append(self._row(step, elapsed, evaluate, loss_s, loss_g, train_agreement))
         if progress and main:
@@ -266,15 +262,10 @@ class Session:
         return stop
 
     def anneal(self) -> None:
-        self.sched.step()
-
-    def _cool_down(self, step: int, inform) -> None:
-        """Probe agreement has stopped improving: anneal to zero over a quarter of the iterations so far, then stop."""
-        length = min(max(self.cfg.eval_every, step // 4), max(1, self.cfg.iterations - step))
-        self.sched.cool_down(length)
-        if inform is not None:
-            inform(f"distill: probe agreement stopped improving at iteration {step}; annealing over {length} more, "
-                   "then stopping")
+        """One step of the cosine schedule, held at its floor past `T_max`: a budget's plan may end before the
+        run does, and cosine annealing run past its period would raise the learning rate again."""
+        if self.sched is not None and self.sched.last_epoch < self.sched.T_max:
+            self.sched.step()
 
     def _row(self, step: int, elapsed: float, evaluate, loss_s, loss_g, train_agreement: float) -> dict:
         return {"step": step, "agreement": agreement(self.shipped, self.probes, self.probe_labels),
@@ -290,8 +281,8 @@ class Session:
         planned = cap
         if self.cfg.time_budget:
             planned = fitting_iterations(per_it, self.cfg.time_budget, elapsed, step, cap)
-            if planned < cap:
-                self.sched.replan(planned)
+            if self.sched is not None and planned < cap:
+                self.sched.T_max = planned
         self.estimate = {"s_per_iteration": round(per_it, 4), "planned_iterations": planned,
                          "estimated_s": round(elapsed + per_it * (planned - step), 1)}
         if inform is not None:
