@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import textwrap
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,31 +12,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from tests import int8_breaker
 from tests.conftest import digits_test_split, onnx_test_accuracy, run_cli
 
-# Three Linear layers on 16 features; INT8 breaks the middle one and only it (the model of
-# test_sensitivity): hidden unit 31 is always 0 after the ReLU, so its weight of 100 changes nothing in
-# float, but per-channel INT8 scales each row of the middle layer to it and the real weights round to 0.
-MODELS = textwrap.dedent('''
-    import torch
-    from torch import nn
-
-    def sensitive():
-        return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 10))
-
-    def weights():
-        m = sensitive()
-        with torch.no_grad():
-            for layer in (m[0], m[2], m[4]):
-                layer.weight.zero_()
-                layer.bias.zero_()
-            m[0].weight[:16, :16] = torch.eye(16)
-            m[0].bias[31] = -1.0
-            m[2].weight[:16, :16] = 0.3 * torch.eye(16)
-            m[2].weight[:, 31] = 100.0
-            m[4].weight[:, :10] = torch.eye(10)
-        return m.state_dict()
-''')
 SENSITIVE = "inner/2/linear/0"  # NNCF's name for the middle Linear of the bare Sequential
 
 
@@ -92,13 +70,8 @@ def test_digits_model_itself_in_int8_verifies_passes_check_and_reports_its_accur
 
 
 def test_max_drop_zero_keeps_the_layer_int8_breaks_in_float(tmp_path):
-    import importlib.util
-
-    (tmp_path / "models.py").write_text(MODELS)
-    spec = importlib.util.spec_from_file_location("sensitive_models", tmp_path / "models.py")
-    models = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(models)
-    save_file(models.weights(), str(tmp_path / "model.safetensors"))
+    shutil.copy(Path(int8_breaker.__file__), tmp_path / "models.py")  # the user's factory file
+    save_file(int8_breaker.weights(), str(tmp_path / "model.safetensors"))
     (tmp_path / "model.toml").write_text('[teacher]\nfactory = "models.py:sensitive"\nweights = "model.safetensors"\n'
                                          'input_shape = [16]\nnum_classes = 10\n')
     out = tmp_path / "bundle"

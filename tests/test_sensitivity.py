@@ -11,27 +11,15 @@ from pipeline.config import QuantizeConfig
 from stages.quantize.onnx_tidy import tidy_qdq
 from stages.quantize.qat import export_onnx, quantize
 from targets.check import check_model
+from tests import int8_breaker
 
 SENSITIVE = "inner/2/linear/0"  # NNCF's name for the middle Linear of the bare Sequential below
 
 
 def _student() -> nn.Module:
-    """Three Linear layers; the middle one breaks in INT8 and only there.
-
-    Hidden unit 31 is always 0 after the ReLU, so a weight of 100 on it changes nothing in float; per-channel
-    INT8 scales each row of the middle layer to that 100, and its real weights (0.3) round to 0. The other
-    layers are identities whose outputs keep wide margins, so INT8 does not change their top-1 class.
-    """
-    m = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 10))
-    with torch.no_grad():
-        for layer in (m[0], m[2], m[4]):
-            layer.weight.zero_()
-            layer.bias.zero_()
-        m[0].weight[:16, :16] = torch.eye(16)
-        m[0].bias[31] = -1.0
-        m[2].weight[:16, :16] = 0.3 * torch.eye(16)
-        m[2].weight[:, 31] = 100.0
-        m[4].weight[:, :10] = torch.eye(10)
+    """Three Linear layers; the middle one breaks in INT8 and only there (tests/int8_breaker.py says why)."""
+    m = int8_breaker.sensitive()
+    m.load_state_dict(int8_breaker.weights())
     return m.eval()
 
 
