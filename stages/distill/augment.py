@@ -22,6 +22,25 @@ def perturb(x: torch.Tensor, noise: float) -> torch.Tensor:
     return x
 
 
+@torch.no_grad()
+def label_safe_reach(x: torch.Tensor, teacher: nn.Module, noise: float, max_flips: float, halvings: int = 6) -> float:
+    """The largest fraction of `noise` (found by bisection, never above 1) at which the teacher's top class
+    changes on at most `max_flips` of the clean samples `x`. Teachers differ by an order of magnitude in how
+    far their labels hold around synthetic samples; noise past that gives the student labels of nothing."""
+    labels = teacher(x).argmax(1)
+
+    def flips(reach: float) -> float:
+        return float((teacher(x + reach * noise * torch.randn_like(x)).argmax(1) != labels).float().mean())
+
+    if noise <= 0 or flips(1.0) <= max_flips:
+        return 1.0
+    lo, hi = 0.0, 1.0
+    for _ in range(halvings):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if flips(mid) <= max_flips else (lo, mid)
+    return lo
+
+
 def toward_disagreement(x: torch.Tensor, student: nn.Module, teacher: nn.Module, size: float, steps: int,
                         fraction: float) -> torch.Tensor:
     """Move the batch's first `fraction` of rows (fresh generator samples come before replayed ones) in `steps`

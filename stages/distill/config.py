@@ -72,6 +72,9 @@ class DistillConfig:
     input_attack: float = setting(0.6, ge=0)
     attack_steps: int = setting(2, gt=0)
     attack_fraction: float = setting(0.5, gt=0, le=1)
+    # Noise and attack shrink together (never grow), re-sized every `eval_every` iterations, until the teacher's
+    # top class changes on at most this fraction of the generator's samples under the noise (augment.label_safe_reach).
+    max_label_flips: float = setting(0.1, ge=0, le=1)
     # The shipped (and evaluated) student is a moving average of the student's weights over its steps,
     # with this decay per student step; 0 ships the last weights as they are. No data selects anything.
     ema_decay: float = setting(0.995, ge=0, lt=1, hint="0: no averaging")

@@ -63,6 +63,8 @@ def _train(s: Session, cfg: DistillConfig, evaluate, progress, inform) -> None:
     t0 = time.perf_counter()
     for it in range(s.start, cfg.iterations):
         started = time.perf_counter()
+        if s.perturbed and it % cfg.eval_every == 0:
+            s.size_perturbation()  # as far around each sample as the teacher's labels hold
         # 1. Explore: the generator learns to make what the teacher finds plausible and the student gets wrong.
         loss_g = s.synth.step(s.student, s.batch, s.focus(it))
         s.finite(loss_g, "generator loss", it)
@@ -73,7 +75,7 @@ def _train(s: Session, cfg: DistillConfig, evaluate, progress, inform) -> None:
             replay = s.memory.sample(s.replay_batch)
             x_all = x_new if replay is None else torch.cat([x_new, replay])
             if s.perturbed:
-                x_all = _around(x_all, s.student, s.teacher, cfg)
+                x_all = _around(x_all, s.student, s.teacher, cfg, s.reach)
             with torch.no_grad():
                 t_all = s.teacher(x_all)  # one teacher pass serves the student and the memory
             out = s.student_train(x_all)
@@ -93,11 +95,12 @@ def _train(s: Session, cfg: DistillConfig, evaluate, progress, inform) -> None:
             break
 
 
-def _around(x: torch.Tensor, student: nn.Module, teacher: nn.Module, cfg: DistillConfig) -> torch.Tensor:
-    """The KD batch moved around its samples (noise, toward disagreement): the teacher labels
-    the moved inputs, so the student learns the teacher around each sample, not only on it."""
-    x = augment.perturb(x, cfg.input_noise)
-    return augment.toward_disagreement(x, student, teacher, cfg.input_attack, cfg.attack_steps, cfg.attack_fraction)
+def _around(x: torch.Tensor, student: nn.Module, teacher: nn.Module, cfg: DistillConfig, reach: float) -> torch.Tensor:
+    """The KD batch moved around its samples (noise, toward disagreement), `reach` of the configured sizes: the
+    teacher labels the moved inputs, so the student learns the teacher around each sample, not only on it."""
+    x = augment.perturb(x, reach * cfg.input_noise)
+    return augment.toward_disagreement(x, student, teacher, reach * cfg.input_attack, cfg.attack_steps,
+                                       cfg.attack_fraction)
 
 
 def expected_accuracy(history: list[dict]) -> float | None:

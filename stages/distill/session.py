@@ -14,7 +14,7 @@ from torch import nn
 from core.errors import RunError, UsageError
 from core.fileio import atomic_path
 from core.world import World
-from stages.distill import parallel
+from stages.distill import augment, parallel
 from stages.distill.averaging import WeightAverage
 from stages.distill.config import DistillConfig
 from stages.distill.memory import NoReplay, ReservoirMemory, VAEMemory
@@ -162,6 +162,7 @@ class Session:
             torch.manual_seed(_rank_seed(seed, world))  # same initial weights (DDP checks), own sample streams
         self.batch, self.replay_batch = world.share(cfg.batch_size), world.share(cfg.replay_batch)
         self.perturbed = cfg.input_noise > 0 or cfg.input_attack > 0
+        self.reach = 1.0  # the fraction of the configured noise and attack the KD batch gets (size_perturbation)
         self.history: list[dict] = []
         self.start, self.elapsed_before, self.resumed_from, self.wall_s = 0, 0.0, None, 0.0
         self.done, self.stopped_by, self.estimate, self.pace = 0, "iterations", {}, Pace()
@@ -186,6 +187,15 @@ class Session:
         else:
             n = x_new.shape[0]
             self.memory.observe(x_new, t_all[:n], replay, None if replay is None else t_all[n:])
+
+    def size_perturbation(self, samples: int = 256) -> None:
+        """Re-size the KD batch's perturbation on the generator's current samples; rank 0 decides for all."""
+        reach = None
+        if self.world.is_main:
+            with torch.no_grad():
+                x = self.synth.sample(samples)
+            reach = augment.label_safe_reach(x, self.teacher, self.cfg.input_noise, self.cfg.max_label_flips)
+        self.reach = parallel.broadcast(reach, self.world)
 
     def finite(self, value: torch.Tensor, what: str, step: int) -> None:
         if not torch.isfinite(value):
@@ -212,6 +222,7 @@ class Session:
         for name, part in self._parts().items():
             part.load_state_dict(state[name])
         self.history = list(state["history"])
+        self.reach = float(state.get("reach", 1.0))
         self.start = self.resumed_from = self.done = int(state["iteration"])
         self.elapsed_before = self.wall_s = float(state["elapsed"])
         rngs = state["rng_ranks"]
@@ -269,7 +280,7 @@ class Session:
 
     def _row(self, step: int, elapsed: float, evaluate, loss_s, loss_g, train_agreement: float) -> dict:
         return {"step": step, "agreement": agreement(self.shipped, self.probes, self.probe_labels),
-                "train_agreement": round(train_agreement, 4), "accuracy": evaluate(self.shipped) if evaluate else None,
+                "train_agreement": round(train_agreement, 4), "reach": round(self.reach, 4), "accuracy": evaluate(self.shipped) if evaluate else None,
                 "loss_student": float(loss_s.detach()), "loss_generator": float(loss_g.detach()),
                 "elapsed_s": round(elapsed, 3)}
 
@@ -293,7 +304,8 @@ class Session:
 
     def _save(self, step: int, elapsed: float, rngs: list[torch.Tensor]) -> None:
         state = {name: part.state_dict() for name, part in self._parts().items()}
-        state.update({"iteration": step, "history": self.history, "elapsed": elapsed, "rng_ranks": rngs})
+        state.update({"iteration": step, "history": self.history, "elapsed": elapsed, "rng_ranks": rngs,
+                      "reach": self.reach})
         with atomic_path(self.checkpoint) as tmp:
             torch.save(state, tmp)
 
