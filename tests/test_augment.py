@@ -45,6 +45,33 @@ class LinearTeacher(torch.nn.Module):
         return self.net(x)
 
 
+class MarginTeacher(torch.nn.Module):
+    """Two classes split by the first input element: a sample's label holds under noise of std `s` on every
+    element with probability Phi(margin / s), so the noise that flips a given fraction is known in closed form."""
+
+    def forward(self, x):
+        u = x.flatten(1)[:, :1]
+        return torch.cat([u, -u], 1)
+
+
+def test_label_safe_reach_is_the_noise_that_flips_the_allowed_fraction():
+    from statistics import NormalDist
+
+    from stages.distill.augment import label_safe_reach
+
+    torch.manual_seed(0)
+    x = torch.zeros(4000, *SHAPE)
+    x[:, 0, 0, 0] = 0.2  # every sample 0.2 from the boundary
+    # flips(reach) = Phi(-0.2 / (reach * 0.3)): 10% flips at reach = 0.2 / (0.3 * z(0.9)) = 0.52
+    expected = 0.2 / (0.3 * NormalDist().inv_cdf(0.9))
+    assert abs(label_safe_reach(x, MarginTeacher(), noise=0.3, max_flips=0.1, halvings=8) - expected) < 0.03
+    assert label_safe_reach(x, MarginTeacher(), noise=0.3, max_flips=0.5) == 1.0  # never grows past the setting
+    x[:, 0, 0, 0] = 5.0  # far from the boundary: the labels hold under the full noise
+    assert label_safe_reach(x, MarginTeacher(), noise=0.3, max_flips=0.1) == 1.0
+    x[:, 0, 0, 0] = 0.0  # on the boundary: any noise flips half the labels
+    assert label_safe_reach(x, MarginTeacher(), noise=0.3, max_flips=0.1) < 0.02
+
+
 def _disagreeing_pair():
     torch.manual_seed(0)
     student = build_student(student_spec(SHAPE, 10, 4000, 0.5))  # has BatchNorm: its statistics must not move

@@ -324,6 +324,27 @@ def test_input_noise_reaches_the_student_but_not_the_memory(tmp_path):
     assert torch.allclose(memory.observed[0], batch[:8], atol=0.5 * 6)
 
 
+class PixelTeacher(nn.Module):
+    """Reads its class off ten pixels: the labels change under any noise on the order of those pixels' spread."""
+
+    def forward(self, x):
+        return 4.0 * x.flatten(1)[:, :10]
+
+
+def test_a_teacher_whose_labels_break_under_the_noise_gets_less_of_it(tmp_path):
+    cfg = _smoke_cfg(iterations=1, kd_steps=1, vae_steps=1, batch_size=8, replay_batch=256, eval_every=1,
+                     checkpoint_every=100, input_noise=0.5, input_attack=0.0, max_label_flips=0.1)
+    seen: list[torch.Tensor] = []
+    student = _student()
+    student.register_forward_pre_hook(lambda m, inp: seen.append(inp[0].detach().clone()))
+    res = distill(cfg, PixelTeacher(), student, SHAPE, tmp_path, torch.device("cpu"),
+                  memory=RecordingMemory(torch.zeros(256, *SHAPE)))
+    reach = res.history[0]["reach"]
+    assert 0 < reach < 0.5
+    noise = next(x for x in seen if x.shape[0] == 8 + 256)[8:]  # the replayed zeros plus the KD batch's noise
+    assert abs(noise.std().item() - reach * 0.5) < 0.1 * reach * 0.5
+
+
 def test_steer_moves_the_generator_to_the_group_it_names(tmp_path):
     # The benchmarks' class-phased stress: the last half of the run steers to the odd classes {1, 3, 5, 7, 9}.
     cfg = _smoke_cfg(iterations=24, kd_steps=1, vae_steps=0, replay="none", w_adv=0.0, w_bn=0.0, w_activation=0.0,
@@ -432,9 +453,12 @@ def test_the_evaluated_and_returned_student_is_the_weight_average(tmp_path, deca
         assert any(not torch.equal(raw[k], avg[k]) for k in raw if raw[k].is_floating_point())
 
 
-def test_resumed_run_equals_uninterrupted_run_bit_for_bit(tmp_path):
-    cfg = _smoke_cfg(iterations=6, checkpoint_every=3, eval_every=2, batch_size=16, replay_batch=8)
-    teacher = TinyTeacher().eval()
+@pytest.mark.parametrize("perturbed", [False, True])
+def test_resumed_run_equals_uninterrupted_run_bit_for_bit(tmp_path, perturbed):
+    # perturbed: the KD batch's perturbation is re-sized every 2 iterations and resumed between two re-sizings
+    noise = {"input_noise": 0.5, "input_attack": 0.3, "max_label_flips": 0.1} if perturbed else {}
+    cfg = _smoke_cfg(iterations=6, checkpoint_every=3, eval_every=2, batch_size=16, replay_batch=8, **noise)
+    teacher = PixelTeacher() if perturbed else TinyTeacher().eval()
 
     torch.manual_seed(123)
     full = distill(cfg, teacher, _student(), SHAPE, tmp_path / "full", torch.device("cpu"), seed=5)
@@ -453,6 +477,8 @@ def test_resumed_run_equals_uninterrupted_run_bit_for_bit(tmp_path):
         assert torch.equal(a, b)
     assert [r["step"] for r in resumed.history] == [r["step"] for r in full.history]
     assert [r["agreement"] for r in resumed.history] == [r["agreement"] for r in full.history]
+    assert [r["reach"] for r in resumed.history] == [r["reach"] for r in full.history]
+    assert all(r["reach"] < 1 for r in full.history) == perturbed
 
 
 def _layouts(*models):
