@@ -4,6 +4,7 @@ file, as a user with their own teacher would write it, at the preset given (the 
     python benchmarks/distill.py --teachers bn_cnn,lenet5 --seeds 0,1
     python benchmarks/distill.py --teachers all --synthesizers adversarial,meta,conditional --replay vae,none
     python benchmarks/distill.py --teachers digits_cnn --set distill.iterations=400
+    python benchmarks/distill.py --teachers bn_cnn --seeds 0,1 --reuse   # seed 0 kept from an earlier call
 
 Each run's teacher is trained by benchmarks/zoo.py (cached); its real test split is handed to the run as
 `[eval] data` and used for the report only. Per run: the teacher's, the FP32 and the INT8 student's test
@@ -67,8 +68,29 @@ def write_config(name: str, folder: Path) -> Path:
     return cfg
 
 
+# The code a run's result depends on: with --reuse, a kept run stands in for a new one only when these folders
+# are committed and unchanged since it ran.
+CODE = ("core", "stages", "pipeline", "targets")
+
+
+def code_key() -> str | None:
+    """The committed trees of CODE, or None where they have uncommitted changes (nothing is then reusable)."""
+    def git(*a):
+        return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True)
+
+    if git("status", "--porcelain", "--", *CODE).stdout.strip():
+        return None
+    r = git("rev-parse", *(f"HEAD:{c}" for c in CODE))
+    return " ".join(r.stdout.split()) if r.returncode == 0 else None
+
+
 def run_one(cfg: Path, out: Path, preset: str, seed: int, synthesizer: str, replay: str, sets: list[str],
-            budget: float | None) -> dict:
+            budget: float | None, reuse: bool = False) -> dict:
+    plan = {"code": code_key(), "preset": preset, "seed": seed, "synthesizer": synthesizer, "replay": replay,
+            "sets": sets, "budget": budget}
+    kept = out / "benchmark-plan.json"
+    if reuse and plan["code"] and kept.is_file() and json.loads(kept.read_text()).get("plan") == plan:
+        return json.loads(kept.read_text())["result"]
     args = [sys.executable, "-m", "pipeline.cli", "--quiet", "run", "--target", "mobile", "--config", str(cfg),
             "--out", str(out), "--force", "--preset", preset, "--seed", str(seed), "--threads", "1",
             "--device", "cpu", "--replay", replay, "--set", f'distill.synthesizer="{synthesizer}"']
@@ -81,8 +103,10 @@ def run_one(cfg: Path, out: Path, preset: str, seed: int, synthesizer: str, repl
     wall = time.perf_counter() - t0
     if r.returncode != 0:
         return {"error": (r.stderr.strip().splitlines() or ["failed"])[-1], "wall_s": wall}
-    report = json.loads((out / "report.json").read_text())
-    return {**report, "wall_s": wall}
+    result = {**json.loads((out / "report.json").read_text()), "wall_s": wall}
+    if plan["code"]:
+        kept.write_text(json.dumps({"plan": plan, "result": result}))
+    return result
 
 
 def row_of(name: str, synthesizer: str, replay: str, seed: int, rep: dict) -> list:
@@ -155,6 +179,8 @@ def main() -> None:
     ap.add_argument("--time-budget", type=float, default=None, help="seconds of distillation per run")
     ap.add_argument("--set", dest="sets", action="append", default=[], help="any config key, as for pipeline run")
     ap.add_argument("--name", default="distill", help="results file name under benchmarks/results/")
+    ap.add_argument("--reuse", action="store_true", help="take a run kept from the same plan on the same committed "
+                    "code instead of running it again (runs measured at different times)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     names = list(zoo.ZOO) if args.teachers == "all" else args.teachers.split(",")
@@ -165,7 +191,8 @@ def main() -> None:
             for replay in args.replay.split(","):
                 for seed in (int(s) for s in args.seeds.split(",")):
                     out = WORK / name / f"{synthesizer}-{replay}-{seed}"
-                    rep = run_one(cfg, out, args.preset, seed, synthesizer, replay, args.sets, args.time_budget)
+                    rep = run_one(cfg, out, args.preset, seed, synthesizer, replay, args.sets, args.time_budget,
+                                  args.reuse)
                     rows.append(row_of(name, synthesizer, replay, seed, rep))
                     reports.append({**rep, "_teacher": name, "_setting": f"{synthesizer}/{replay}/{seed}"})
                     print(results.markdown(results.table("run", COLUMNS, [rows[-1]])), flush=True)
@@ -175,7 +202,7 @@ def main() -> None:
               results.table("Probe agreement as a predictor of real accuracy (every evaluation)",
                             ["teacher", "evaluations", "pearson r", "mean accuracy - agreement"],
                             agreement_vs_accuracy(reports))]
-    settings = {"preset": args.preset, "time_budget": args.time_budget, "sets": args.sets}
+    settings = {"preset": args.preset, "time_budget": args.time_budget, "sets": args.sets, "reuse": args.reuse}
     doc = results.write(args.name, tables, results.command_line(__file__), settings)
     plot(reports, results.RESULTS / f"{args.name}.png")
     results.show(doc)
