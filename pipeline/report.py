@@ -20,7 +20,8 @@ Report schema (every section is optional; a report with only some keys still ren
         "generator_steps": int, "bn_prior": bool, "class_counts": [int, ...], "classes_made": int, "wall_s": float
       },
       "distillation": {                   # distilled runs only
-        "history": [{"step": int, "agreement": float 0..1, "accuracy": float | null}, ...],
+        "history": [{"step": int, "agreement": float 0..1, "accuracy": float | null,
+                     "reach": float 0..1}, ...],  # reach: the fraction of the set KD-batch perturbation used
         "replay": str,                    # replay mode, e.g. "vae" or "none"
         "replay_memory_bytes": int, "steps": int, "wall_s": float
       },
@@ -299,10 +300,13 @@ def sections(report: dict) -> list[Section]:
         row = [str(steps) if steps is not None else "—", str(dist.get("replay") or "—"),
                _bytes(dist.get("replay_memory_bytes")), f"{_f(dist.get('wall_s'), 1)} s" if _num(dist.get("wall_s")) else "—", final]
         est = dist.get("estimate") or {}
+        reach = hist[-1].get("reach") if hist else None
         row += [str(dist.get("stopped_by") or "—"),
-                f"{_f(est.get('estimated_s'), 0)} s" if _num(est.get("estimated_s")) else "—", _verdict(dist)]
+                f"{_f(est.get('estimated_s'), 0)} s" if _num(est.get("estimated_s")) else "—",
+                _f(reach) if _num(reach) else "—", _verdict(dist)]
         out.append(Section("Distillation", ["Steps", "Replay", "Replay memory", "Wall time", "Final agreement",
-                                            "Stopped by", "Estimated time", "Converged"], [row],
+                                            "Stopped by", "Estimated time", "KD batch perturbation (of set size)",
+                                            "Converged"], [row],
                            plot="distillation" if hist else None))
 
     quant = _dict(report, "quantization")
