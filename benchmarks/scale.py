@@ -52,7 +52,7 @@ NUM_CLASSES = 10  # every rung's: the probe set and the class terms grow with it
 # The parts of one iteration a teacher pass can come from, in loop order (engine.py). "KD labelling" is the
 # loop's own teacher call on the student's batch; everything else in a KD step (sampling the generator,
 # perturbing, the student's update) is timed with it.
-PARTS = ("generator step", "replay sampling", "attack", "KD labelling", "VAE memory")
+PARTS = ("perturbation sizing", "generator step", "replay sampling", "attack", "KD labelling", "VAE memory")
 
 
 # ---- the ladder ------------------------------------------------------------------------------------
@@ -219,6 +219,7 @@ class Recorder:
         self._wrap(AdversarialSynthesizer, "step", "generator step")
         self._wrap(VAEMemory, "sample", "replay sampling")
         self._wrap(augment, "toward_disagreement", "attack")
+        self._wrap(augment, "label_safe_reach", "perturbation sizing")
         self._wrap(VAEMemory, "observe", "VAE memory")
         train = engine._train
 
@@ -463,7 +464,9 @@ def report(measured: list[tuple[str, str, int, dict]], args) -> dict:
                             "the estimate)."),
         results.table("Teacher samples per iteration by part of the loop (forward / backward)",
                       ["batch + replay", "teachers", *PARTS, "total"], passes_rows(measured),
-                      notes="Counted by hooks on the teacher over the timed iterations. Generator step: the "
+                      notes="Counted by hooks on the teacher over the timed iterations. Perturbation sizing: the "
+                            "bisection that sizes the KD batch's noise and attack to the teacher (every "
+                            "distill.eval_every iterations). Generator step: the "
                             "generator's objective. Replay sampling: the class-balancing latent step of each replay "
                             "draw (one per KD step). Attack: the signed-gradient steps on part of the KD batch. KD "
                             "labelling: the teacher's answers on the student's batch. VAE memory: the memory's "
