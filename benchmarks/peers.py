@@ -161,8 +161,7 @@ def lenet5_cases(cfg, seed: int) -> list[Case]:
     vae = load_vae(json.loads((LENET5_RUN / wd.VAE_SPEC).read_text()), LENET5_RUN / wd.VAE_FILE).eval()
     generator = build_generator(run_cfg["latent_dim"], entry.input_shape, width=run_cfg["generator_width"])
     generator = wd.load_module(generator, LENET5_RUN / wd.GENERATOR)
-    memory = vae_memory(replace(cfg.distill, **{k: run_cfg[k] for k in ("vae_balanced", "vae_recon", "vae_features")}),
-                        vae, frozen(teacher), trained=True)
+    memory = vae_memory(replace(cfg.distill, vae_balanced=run_cfg["vae_balanced"]), vae, frozen(teacher), trained=True)
     return [student_case("LeNet-5 student", student, teacher, memory, generator, run_cfg["latent_dim"],
                          entry.input_shape, split, cfg, seed),
             teacher_case("LeNet-5 teacher", copy.deepcopy(teacher), entry.input_shape, 10, split, cfg, seed)]
