@@ -30,7 +30,7 @@ def label_safe_reach(x: torch.Tensor, teacher: nn.Module, noise: float, max_flip
     labels = teacher(x).argmax(1)
 
     def flips(reach: float) -> float:
-        return float((teacher(x + reach * noise * torch.randn_like(x)).argmax(1) != labels).float().mean())
+        return float((teacher(perturb(x, reach * noise)).argmax(1) != labels).float().mean())
 
     if noise <= 0 or flips(1.0) <= max_flips:
         return 1.0

@@ -280,7 +280,8 @@ class Session:
 
     def _row(self, step: int, elapsed: float, evaluate, loss_s, loss_g, train_agreement: float) -> dict:
         return {"step": step, "agreement": agreement(self.shipped, self.probes, self.probe_labels),
-                "train_agreement": round(train_agreement, 4), "reach": round(self.reach, 4), "accuracy": evaluate(self.shipped) if evaluate else None,
+                "train_agreement": round(train_agreement, 4), "reach": round(self.reach, 4),
+                "accuracy": evaluate(self.shipped) if evaluate else None,
                 "loss_student": float(loss_s.detach()), "loss_generator": float(loss_g.detach()),
                 "elapsed_s": round(elapsed, 3)}
 
