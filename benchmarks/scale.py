@@ -270,8 +270,9 @@ class Recorder:
                 "s_per_iteration": sum(self.durations[1:]) / n, "cpu_s_per_iteration": (last["cpu"] - first["cpu"]) / n}
 
 
-def run_row(rung: Rung, plan: Plan, device: torch.device, iterations: int | None) -> dict:
-    """Distil `rung`'s teacher for the plan's iterations and measure it (run in a process of its own)."""
+def run_row(rung: Rung, plan: Plan, device: torch.device, iterations: int | None, sets: dict | None = None) -> dict:
+    """Distil `rung`'s teacher for the plan's iterations and measure it (run in a process of its own); `sets`
+    changes distill settings from their defaults (another recipe, measured beside the default)."""
     from stages.distill.config import DistillConfig, StudentConfig
     from stages.distill.engine import distill
     from stages.distill.networks import build_generator, build_student, param_count, student_spec
@@ -280,7 +281,7 @@ def run_row(rung: Rung, plan: Plan, device: torch.device, iterations: int | None
     defaults = DistillConfig()
     cfg = DistillConfig(iterations=iterations or plan.iterations, patience=0, batch_size=defaults.batch_size // d,
                         replay_batch=defaults.replay_batch // d,
-                        probe_per_class=max(1, defaults.probe_per_class // d))
+                        probe_per_class=max(1, defaults.probe_per_class // d), **(sets or {}))
     torch.manual_seed(0)
     teacher = rung.build().to(device).eval()
     student = build_student(student_spec(rung.shape, NUM_CLASSES, param_count(teacher), StudentConfig().ratio))
@@ -310,7 +311,8 @@ def child(args) -> int:
     rung = LADDER[args.row]
     device = torch.device(args.device)
     plan = rung.cuda if device.type == "cuda" else rung.cpu
-    row = run_row(rung, plan, device, args.iterations)
+    sets = parse_sets(args.sets)
+    row = {**run_row(rung, plan, device, args.iterations, sets), "sets": sets}
     # The CPU time the timed iterations got out of what their threads could have had: below 1 when the host was
     # busy elsewhere (or a thread waited)
     row["cpu_share"] = row["cpu_s_per_iteration"] / (threads * row["s_per_iteration"])
@@ -318,27 +320,48 @@ def child(args) -> int:
     return 0
 
 
-def spawn(name: str, threads: int, device: str, iterations: int | None, reuse: bool) -> dict:
+def parse_sets(items: list[str]) -> dict:
+    """`key=value` distill settings; values read as JSON numbers or booleans where they are, else strings."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {item}: expected key=value")
+        try:
+            out[key.removeprefix("distill.")] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.removeprefix("distill.")] = value
+    return out
+
+
+def label(name: str, r: dict) -> str:
+    sets = r.get("sets") or {}
+    return name if not sets else f"{name} ({', '.join(f'{k}={v}' for k, v in sets.items())})"
+
+
+def spawn(name: str, threads: int, device: str, iterations: int | None, reuse: bool, sets: list[str]) -> dict:
     """One row in a fresh process, with its thread count fixed before torch starts. Every row is kept under
     ROWS; with `reuse`, a kept row of the same plan stands in for a new run (rows measured at different times)."""
     rung = LADDER[name]
     plan = rung.cuda if device == "cuda" else rung.cpu
-    kept = ROWS / f"{device}-{threads}-{name}.json"
-    key = {"plan": repr(plan), "iterations": iterations}
+    suffix = "".join(f"-{item}" for item in sets)
+    kept = ROWS / f"{device}-{threads}-{name}{suffix}.json"
+    key = {"plan": repr(plan), "iterations": iterations, **({"sets": sets} if sets else {})}
     if reuse and kept.is_file() and (old := json.loads(kept.read_text())).get("key") == key:
         return old
-    row = _spawn(name, threads, device, iterations)
+    row = _spawn(name, threads, device, iterations, sets)
     if "error" not in row:
         kept.parent.mkdir(parents=True, exist_ok=True)
         kept.write_text(json.dumps({**row, "key": key}))
     return row
 
 
-def _spawn(name: str, threads: int, device: str, iterations: int | None) -> dict:
+def _spawn(name: str, threads: int, device: str, iterations: int | None, sets: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "row.json"
         cmd = [sys.executable, __file__, "--row", name, "--threads", str(threads), "--device", device,
                "--row-out", str(out)] + (["--iterations", str(iterations)] if iterations else [])
+        cmd += [a for item in sets for a in ("--set", item)]
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
         load = os.getloadavg()[0]
         r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
@@ -351,7 +374,7 @@ def _spawn(name: str, threads: int, device: str, iterations: int | None) -> dict
 
 COLUMNS = ["teacher", "input", "teacher GFLOPs", "student GFLOPs", "generator GFLOPs", "device", "threads",
            "batch + replay", "iterations timed", "s / iteration", "CPU s / iteration", "teacher fwd / it", "teacher bwd / it",
-           "student samples / s", "probe synthesis s", "peak MB", "load before", "CPU share"]
+           "teacher samples / student sample", "student samples / s", "probe synthesis s", "peak MB", "load before", "CPU share"]
 
 
 def _shape(shape) -> str:
@@ -366,14 +389,15 @@ def cost_row(name: str, device: str, threads: int, r: dict) -> list:
     rung = LADDER[name]
     if "error" in r:
         return [name, _shape(rung.shape), None, None, None, device, threads, None, None, r["error"][:80]] + \
-            [None] * 6 + [round(r["load"], 2), None]
+            [None] * 7 + [round(r["load"], 2), None]
     g = r["gflops"]
     peak = r["peak_gpu_mb"] if r["peak_gpu_mb"] is not None else r["peak_rss_mb"]
     probe = f"{r['probe_s']:.1f}" + ("" if not r["probe_steps"] else f" ({r['probe_steps']} steps scaled)")
-    return [name, _shape(rung.shape), _round(g["teacher"]), _round(g["student"]), _round(g["generator"]), device,
+    fwd, bwd = sum(r["forward"].values()), sum(r["backward"].values())
+    return [label(name, r), _shape(rung.shape), _round(g["teacher"]), _round(g["student"]), _round(g["generator"]), device,
             threads, f"{r['batch']} + {r['replay']}", r["timed"], _round(r["s_per_iteration"]),
             _round(r["cpu_s_per_iteration"]),
-            round(sum(r["forward"].values())), round(sum(r["backward"].values())),
+            round(fwd), round(bwd), _round((fwd + bwd) / r["student"]),
             _round(r["student"] / r["s_per_iteration"]), probe, round(peak), round(r["load"], 2),
             round(r["cpu_share"], 2)]
 
@@ -383,7 +407,7 @@ def estimate_row(name: str, device: str, threads: int, r: dict) -> list | None:
     if "estimated_s" not in est:
         return None
     err = (est["estimated_s"] - r["wall_s"]) / r["wall_s"]
-    return [name, device, threads, r["iterations"], est["s_per_iteration"], est["estimated_s"], round(r["wall_s"], 1),
+    return [label(name, r), device, threads, r["iterations"], est["s_per_iteration"], est["estimated_s"], round(r["wall_s"], 1),
             f"{100 * err:+.1f}%"]
 
 
@@ -397,8 +421,8 @@ def passes_rows(measured: list[tuple[str, str, int, dict]]) -> list[list]:
         cells = tuple(f"{round(r['forward'].get(p, 0))} / {round(r['backward'].get(p, 0))}" for p in PARTS)
         total = f"{round(sum(r['forward'].values()))} / {round(sum(r['backward'].values()))}"
         key = (f"{r['batch']} + {r['replay']}", *cells, total)
-        if name not in groups.setdefault(key, []):
-            groups[key].append(name)
+        if label(name, r) not in groups.setdefault(key, []):
+            groups[key].append(label(name, r))
     return [[k[0], ", ".join(v), *k[1:]] for k, v in groups.items()]
 
 
@@ -407,7 +431,7 @@ def time_share_row(name: str, device: str, threads: int, r: dict) -> list | None
         return None
     secs = r["seconds"]
     total = sum(secs.get(p, 0.0) for p in PARTS)
-    return [name, device, threads, _round(r["s_per_iteration"])] + \
+    return [label(name, r), device, threads, _round(r["s_per_iteration"])] + \
         [f"{100 * secs.get(p, 0.0) / total:.0f}%" for p in PARTS]
 
 
@@ -424,12 +448,13 @@ def plot(measured: list[tuple[str, str, int, dict]], path: Path) -> None:
     series: dict[str, list] = {}
     for name, device, threads, r in measured:
         if "error" not in r:
-            series.setdefault(f"{device}, {threads} thread(s)", []).append((name, r))
-    for label, pts in series.items():
+            recipe = label("", r).strip() or "default recipe"
+            series.setdefault(f"{device}, {threads} thread(s), {recipe}", []).append((name, r))
+    for key, pts in series.items():
         pts.sort(key=lambda p: p[1]["gflops"]["teacher"])
         xs = [r["gflops"]["teacher"] for _, r in pts]
-        left.plot(xs, [r["s_per_iteration"] for _, r in pts], "o:", label=label)
-        right.plot(xs, [r["student"] / r["s_per_iteration"] for _, r in pts], "o:", label=label)
+        left.plot(xs, [r["s_per_iteration"] for _, r in pts], "o:", label=key)
+        right.plot(xs, [r["student"] / r["s_per_iteration"] for _, r in pts], "o:", label=key)
     for name, r in series[next(iter(series))] if series else []:
         note = name if r["batch"] == default_batch else f"{name} (batch {r['batch']}+{r['replay']})"
         left.annotate(note, (r["gflops"]["teacher"], r["s_per_iteration"]), fontsize=7, rotation=20)
@@ -449,7 +474,9 @@ def report(measured: list[tuple[str, str, int, dict]], args) -> dict:
         results.table("Cost per iteration across the teacher ladder", COLUMNS, [cost_row(*m) for m in measured],
                       notes="GFLOPs per sample, forward (a multiply-add is two FLOPs); the student is the auto one "
                             "(a quarter of the teacher's parameters). Teacher passes in samples per iteration. Student "
-                            "samples: its KD batches (fresh and replayed) per second of timed iterations. Probe "
+                            "samples: its KD batches (fresh and replayed) per second of timed iterations, a batch "
+                            "counted once per student step it serves; teacher samples per student sample: forward "
+                            "and backward together. Probe "
                             "synthesis is set-up, before the first iteration and outside the iteration time. Peak MB: "
                             "the process's peak resident memory (on a GPU, torch's peak allocation). Load: the host's "
                             "one-minute load average when the row started (the host is shared). CPU s: the process's CPU "
@@ -478,7 +505,8 @@ def report(measured: list[tuple[str, str, int, dict]], args) -> dict:
                             "perturbing the batch and the student's update."),
     ]
     settings = {"device": args.device, "threads": [int(t) for t in args.threads.split(",")],
-                "config": "default DistillConfig, patience 0, auto student", "host": "shared with other jobs"}
+                "config": "default DistillConfig, patience 0, auto student", "host": "shared with other jobs",
+                "recipes": args.recipes or ["default"]}
     return results.write(args.name, tables, results.command_line(__file__), settings)
 
 
@@ -491,6 +519,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--name", default=None, help="results file name (scale; scale-cuda on a GPU)")
     ap.add_argument("--reuse", action="store_true", help="take rows already measured (same plan) from "
                     "benchmarks/.cache/scale/ and run only the missing ones")
+    ap.add_argument("--recipe", dest="recipes", action="append", default=None,
+                    help="rows for each recipe given: 'default', or distill settings changed from their defaults, "
+                         "comma-separated (e.g. distill.steps_per_batch=1); default: the default recipe only")
+    ap.add_argument("--set", dest="sets", action="append", default=[], help=argparse.SUPPRESS)
     ap.add_argument("--row", help=argparse.SUPPRESS)
     ap.add_argument("--row-out", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -505,11 +537,14 @@ def main(argv: list[str] | None = None) -> int:
     args.name = args.name or ("scale" if args.device == "cpu" else "scale-cuda")
     names = list(LADDER) if args.only == "all" else args.only.split(",")
     measured = []
+    recipes = [[] if r == "default" else r.split(",") for r in args.recipes or ["default"]]
     for threads in (int(t) for t in args.threads.split(",")):
         for name in names:
-            r = spawn(name, threads, args.device, args.iterations, args.reuse)
-            measured.append((name, args.device, threads, r))
-            print(results.markdown(results.table(name, COLUMNS, [cost_row(name, args.device, threads, r)])), flush=True)
+            for sets in recipes:
+                r = spawn(name, threads, args.device, args.iterations, args.reuse, sets)
+                measured.append((name, args.device, threads, r))
+                print(results.markdown(results.table(name, COLUMNS, [cost_row(name, args.device, threads, r)])),
+                      flush=True)
     # The host line names the most threads any row used; each row's own count is in its table.
     torch.set_num_threads(max(int(t) for t in args.threads.split(",")))
     doc = report(measured, args)

@@ -296,6 +296,23 @@ def test_replay_samples_reach_the_students_loss(tmp_path):
     assert res_a.history[-1]["loss_student"] != res_b.history[-1]["loss_student"]
 
 
+def test_one_teacher_labelling_serves_steps_per_batch_student_steps(tmp_path):
+    cfg = _smoke_cfg(iterations=1, kd_steps=2, steps_per_batch=3, batch_size=8, replay_batch=4, eval_every=1,
+                     checkpoint_every=100, input_noise=0.0, input_attack=0.0)
+    teacher, student = TinyTeacher().eval(), _student()
+    labelled, learnt = [], []
+    teacher.register_forward_hook(lambda m, inp, out: labelled.append(inp[0].detach().clone())
+                                  if not torch.is_grad_enabled() and inp[0].shape[0] == 12 else None)
+    student.register_forward_pre_hook(lambda m, inp: learnt.append(inp[0].detach().clone()) if m.training else None)
+    distill(cfg, teacher, student, SHAPE, tmp_path, torch.device("cpu"), memory=FixedMemory(torch.zeros(4, *SHAPE)))
+    assert len(labelled) == cfg.kd_steps
+    assert len(learnt) == cfg.kd_steps * cfg.steps_per_batch
+    # each labelled batch is the one the student learns from, three steps in a row
+    for k, batch in enumerate(labelled):
+        assert all(torch.equal(x, batch) for x in learnt[3 * k:3 * k + 3])
+    assert not torch.equal(labelled[0], labelled[1])
+
+
 class RecordingMemory(FixedMemory):
     """A fixed replay batch that also records what it is asked to learn."""
 

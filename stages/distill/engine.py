@@ -2,7 +2,8 @@
 
 One outer iteration (as in the PRE-DFKD reference):
   1. synthesizer step: a batch the teacher finds plausible but the student gets wrong;
-  2. `kd_steps` student steps on fresh synthetic samples mixed with a replay batch from memory,
+  2. `kd_steps` batches of fresh synthetic samples mixed with a replay batch from memory, each labelled once by
+     the teacher and learnt in `steps_per_batch` student steps,
   3. the memory learning the newest samples during the first `vae_steps` of them.
 No validation data: the shipped student is the last one (with `ema_decay`, the moving average of the
 student's weights; see averaging.py). Resume, several processes and the memory layout are set up around
@@ -78,14 +79,15 @@ def _train(s: Session, cfg: DistillConfig, evaluate, progress, inform) -> None:
                 x_all = _around(x_all, s.student, s.teacher, cfg, s.reach)
             with torch.no_grad():
                 t_all = s.teacher(x_all)  # one teacher pass serves the student and the memory
-            out = s.student_train(x_all)
-            loss_s = criteria.kd_loss(cfg.kd_loss, out, t_all, cfg.kd_temperature)
-            s.finite(loss_s, "student loss", it)
-            s.opt.zero_grad(set_to_none=True)
-            loss_s.backward()
-            s.opt.step()
-            if s.average is not None:
-                s.average.update(s.student)
+            for _ in range(cfg.steps_per_batch):  # the teacher's answers serve several student steps
+                out = s.student_train(x_all)
+                loss_s = criteria.kd_loss(cfg.kd_loss, out, t_all, cfg.kd_temperature)
+                s.finite(loss_s, "student loss", it)
+                s.opt.zero_grad(set_to_none=True)
+                loss_s.backward()
+                s.opt.step()
+                if s.average is not None:
+                    s.average.update(s.student)
             # 3. Remember: the memory learns the newest clean samples.
             if k < cfg.vae_steps:
                 s.remember(x_new, replay, None if s.perturbed else t_all)
