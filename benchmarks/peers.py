@@ -167,6 +167,16 @@ def lenet5_cases(cfg, seed: int) -> list[Case]:
             teacher_case("LeNet-5 teacher", copy.deepcopy(teacher), entry.input_shape, 10, split, cfg, seed)]
 
 
+def bn_cnn_case(cfg, seed: int) -> Case:
+    """The zoo's plain BatchNorm CNN on MNIST: the kind of model users bring most often, quantized as it is."""
+    import zoo
+
+    entry = zoo.ZOO["bn_cnn"]
+    teacher, _ = entry.train()
+    x_train, x_test, _, y_test = entry.split()
+    return teacher_case("BN CNN teacher (MNIST)", teacher, entry.input_shape, 10, (x_train, x_test, y_test), cfg, seed)
+
+
 def _example(name: str, models=None):
     """A module of examples/own_teacher by file. Its train.py imports `models` and puts its folder first on
     sys.path, where it and benchmarks/models.py would shadow each other: both are restored afterwards."""
@@ -444,7 +454,7 @@ def modelopt_python(path: Path | None) -> tuple[Path | None, str]:
 def all_cases(cfg, seed: int, mnist_path: Path) -> list[Callable[[], Case]]:
     """Builders, so one model's tensors are gone before the next is made."""
     return [lambda: digits_cases(cfg, seed, mnist_path), lambda: lenet5_cases(cfg, seed),
-            lambda: [image_teacher_case(cfg, seed)]]
+            lambda: [bn_cnn_case(cfg, seed)], lambda: [image_teacher_case(cfg, seed)]]
 
 
 def run(args, command: str) -> dict:

@@ -13,7 +13,7 @@ Writes benchmarks/results/quantize-<task>.json per task and prints its table.
     python benchmarks/quantize.py --peers [--max-drop 1.0] [--runs 300] [--modelopt-python PATH]
 
 compares the INT8 peers instead (ONNX Runtime quantize_static, NNCF PTQ, NVIDIA Model Optimizer, ours) on
-the digits and LeNet-5 students and teachers and the example image teacher (benchmarks/peers.py says how)
+the digits and LeNet-5 students and teachers, the MNIST BN CNN teacher and the example image teacher (benchmarks/peers.py says how)
 and writes benchmarks/results/quantize-peers.json.
 """
 
