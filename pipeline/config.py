@@ -21,7 +21,7 @@ from core.teacher_config import TeacherConfig
 from core import workdir
 from stages.distill.config import RETIRED, DistillConfig, StudentConfig
 from stages.export.config import ExportConfig
-from stages.quantize.config import QuantizeConfig
+from stages.quantize.config import RETIRED as QUANTIZE_RETIRED, QuantizeConfig
 from targets import TARGET_NAMES
 
 __all__ = ["RunConfig", "load_config", "validate", "config_from_dict", "resume_config", "to_dict", "resolve_path",
@@ -74,7 +74,7 @@ PRESET_VALUES: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 # Per section, the settings this version no longer has (see stages.distill.config.RETIRED).
-_RETIRED = {"distill": RETIRED}
+_RETIRED = {"distill": RETIRED, "quantize": QUANTIZE_RETIRED}
 
 
 def _apply(cfg: RunConfig, values: dict) -> None:

@@ -178,6 +178,8 @@ CONFIG_CASES = [
      ["distill.input_shift is no longer a setting", "docs/cli.md"]),
     ("removed-key-file", {"r.toml": "[distill]\ninput_mix = 0.2\n"}, ["run", "--config", "r.toml", "--out", "o"],
      ["distill.input_mix is no longer a setting"]),
+    ("removed-quantize-key", {}, ["run", "--set", "quantize.fast_bias_correction=false", "--out", "o"],
+     ["quantize.fast_bias_correction is no longer a setting"]),
     ("seed-negative", {}, ["run", "--seed", "-1", "--out", "o"], ["seed must be between 0 and"]),
     ("threads-zero", {}, ["run", "--threads", "0", "--out", "o"], ["threads must be between 1 and 1024"]),
     ("opset-too-old", {}, ["run", "--set", "export.opset=11", "--out", "o"], ["export.opset must be between 13 and 21"]),

@@ -93,8 +93,11 @@ def test_a_run_stored_with_removed_settings_still_reads_and_resumes_only_where_t
     from pipeline.config import config_from_dict, load_config, resume_config, to_dict
     from stages.distill.config import RETIRED
 
+    from stages.quantize.config import RETIRED as QUANTIZE_RETIRED
+
     current = to_dict(load_config(overrides={"preset": "smoke"}))
-    stored = {**current, "distill": {**current["distill"], **RETIRED}}
+    stored = {**current, "distill": {**current["distill"], **RETIRED},
+              "quantize": {**current["quantize"], **QUANTIZE_RETIRED}}
     assert to_dict(config_from_dict(stored)) == current
     write_run(tmp_path, {"config": stored, "stages": {}})
     assert to_dict(resume_config(tmp_path, None)) == current

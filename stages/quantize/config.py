@@ -8,6 +8,9 @@ from core.settings import setting
 
 CALIBRATION = ("vae", "generator", "noise")
 
+# Settings earlier versions had, with the value at which they did what this version does (as distill's RETIRED).
+RETIRED = {"fast_bias_correction": True}
+
 
 @dataclass
 class QuantizeConfig:
@@ -16,7 +19,6 @@ class QuantizeConfig:
     qat_steps: int = setting(150, ge=0)
     qat_batch: int = setting(128, gt=0)
     qat_lr: float = setting(1e-4, gt=0)
-    fast_bias_correction: bool = True
     # Quantizing a model itself (`pipeline quantize --config`): rounds of training the generator that makes
     # its calibration and fine-tuning samples (a distilled run uses the distillation's generator).
     generator_steps: int = setting(200, gt=0)

@@ -185,7 +185,6 @@ def calibrate(folded: nn.Module, calibration_batches: list[torch.Tensor], cfg: Q
         try:
             qmodel = nncf.quantize(copy.deepcopy(folded), nncf.Dataset(calibration_batches),
                                    preset=nncf.QuantizationPreset.PERFORMANCE, subset_size=n_calib,
-                                   fast_bias_correction=cfg.fast_bias_correction,
                                    advanced_parameters=_advanced_parameters(),
                                    ignored_scope=nncf.IgnoredScope(names=ignored or []))
         except Exception as exc:
