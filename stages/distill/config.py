@@ -37,8 +37,8 @@ class DistillConfig:
     # The run fails (non-zero exit, outputs kept) when the shipped student's probe agreement ends below this
     min_agreement: float = setting(0.0, ge=0, le=1)
     kd_steps: int = setting(5, gt=0)
-    # Student updates on each teacher-labelled KD batch: the batch's preparation (replay draw, perturbation, the
-    # teacher's labels) is most of a step's cost on any teacher larger than the student.
+    # Student updates on each teacher-labelled KD batch: its preparation (replay draw, perturbation, the teacher's
+    # labels) is paid once for all of them.
     steps_per_batch: int = setting(2, gt=0)
     batch_size: int = setting(128, gt=0)
     replay_batch: int = setting(64, ge=0)  # replay samples mixed into every student step
