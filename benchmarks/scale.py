@@ -32,6 +32,7 @@ import tempfile
 import time
 from collections import Counter
 from contextlib import contextmanager
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -270,18 +271,17 @@ class Recorder:
                 "s_per_iteration": sum(self.durations[1:]) / n, "cpu_s_per_iteration": (last["cpu"] - first["cpu"]) / n}
 
 
-def run_row(rung: Rung, plan: Plan, device: torch.device, iterations: int | None, sets: dict | None = None) -> dict:
-    """Distil `rung`'s teacher for the plan's iterations and measure it (run in a process of its own); `sets`
-    changes distill settings from their defaults (another recipe, measured beside the default)."""
-    from stages.distill.config import DistillConfig, StudentConfig
+def run_row(rung: Rung, plan: Plan, device: torch.device, iterations: int | None, recipe: DistillConfig) -> dict:
+    """Distil `rung`'s teacher for the plan's iterations and measure it (run in a process of its own); `recipe` is
+    the default config or one with some settings changed, measured beside it."""
+    from stages.distill.config import StudentConfig
     from stages.distill.engine import distill
     from stages.distill.networks import build_generator, build_student, param_count, student_spec
 
     d = plan.divisor
-    defaults = DistillConfig()
-    cfg = DistillConfig(iterations=iterations or plan.iterations, patience=0, batch_size=defaults.batch_size // d,
-                        replay_batch=defaults.replay_batch // d,
-                        probe_per_class=max(1, defaults.probe_per_class // d), **(sets or {}))
+    cfg = dataclasses.replace(recipe, iterations=iterations or plan.iterations, patience=0,
+                              batch_size=recipe.batch_size // d, replay_batch=recipe.replay_batch // d,
+                              probe_per_class=max(1, recipe.probe_per_class // d))
     torch.manual_seed(0)
     teacher = rung.build().to(device).eval()
     student = build_student(student_spec(rung.shape, NUM_CLASSES, param_count(teacher), StudentConfig().ratio))
@@ -311,8 +311,16 @@ def child(args) -> int:
     rung = LADDER[args.row]
     device = torch.device(args.device)
     plan = rung.cuda if device.type == "cuda" else rung.cpu
-    sets = parse_sets(args.sets)
-    row = {**run_row(rung, plan, device, args.iterations, sets), "sets": sets}
+    from core.errors import UsageError
+    from pipeline.cli import parse_set
+    from pipeline.config import load_config
+
+    sets = parse_set(tuple(args.sets))  # validated as a run's --set is: a bad key or value is a one-line error
+    try:
+        recipe = load_config(overrides=sets).distill
+    except UsageError as exc:
+        raise SystemExit(str(exc)) from None
+    row = {**run_row(rung, plan, device, args.iterations, recipe), "sets": sets}
     # The CPU time the timed iterations got out of what their threads could have had: below 1 when the host was
     # busy elsewhere (or a thread waited)
     row["cpu_share"] = row["cpu_s_per_iteration"] / (threads * row["s_per_iteration"])
@@ -320,23 +328,10 @@ def child(args) -> int:
     return 0
 
 
-def parse_sets(items: list[str]) -> dict:
-    """`key=value` distill settings; values read as JSON numbers or booleans where they are, else strings."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set {item}: expected key=value")
-        try:
-            out[key.removeprefix("distill.")] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.removeprefix("distill.")] = value
-    return out
-
-
 def label(name: str, r: dict) -> str:
-    sets = r.get("sets") or {}
-    return name if not sets else f"{name} ({', '.join(f'{k}={v}' for k, v in sets.items())})"
+    """The row's teacher, with the settings its recipe changed (dotted keys, shown without their section)."""
+    changed = [f"{key.split('.')[-1]}={value}" for key, value in (r.get("sets") or {}).items()]
+    return name if not changed else f"{name} ({', '.join(changed)})"
 
 
 def spawn(name: str, threads: int, device: str, iterations: int | None, reuse: bool, sets: list[str]) -> dict:
@@ -421,8 +416,9 @@ def passes_rows(measured: list[tuple[str, str, int, dict]]) -> list[list]:
         cells = tuple(f"{round(r['forward'].get(p, 0))} / {round(r['backward'].get(p, 0))}" for p in PARTS)
         total = f"{round(sum(r['forward'].values()))} / {round(sum(r['backward'].values()))}"
         key = (f"{r['batch']} + {r['replay']}", *cells, total)
-        if label(name, r) not in groups.setdefault(key, []):
-            groups[key].append(label(name, r))
+        teachers = groups.setdefault(key, [])
+        if label(name, r) not in teachers:
+            teachers.append(label(name, r))
     return [[k[0], ", ".join(v), *k[1:]] for k, v in groups.items()]
 
 

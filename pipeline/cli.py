@@ -52,7 +52,8 @@ def _parse_int_list(value: str, what: str) -> tuple[int, ...]:
     return items
 
 
-def _parse_set(values: tuple[str, ...]) -> dict:
+def parse_set(values: tuple[str, ...]) -> dict:
+    """`--set key=value` items as dotted overrides, values read as TOML (a bare word as a string)."""
     out = {}
     for item in values:
         key, sep, raw = item.partition("=")
@@ -93,7 +94,7 @@ def build_config(target, config_path, preset, device, seed, eval_set, replay, ca
                  "distill.replay": replay, "quantize.calibration": calibration, "threads": threads,
                  "student.ratio": student_ratio, "distill.time_budget": time_budget,
                  "distill.min_agreement": min_agreement, "quantize.max_drop": max_drop}
-    overrides.update(_parse_set(sets))
+    overrides.update(parse_set(sets))
     return load_config(config_path, overrides)
 
 
@@ -241,7 +242,7 @@ def _quantize_own_model(obj, config_path, target, max_drop, out, force, sign_key
     samples, exported as a bundle like `run`'s."""
     cfg = load_config(config_path, {"target": target, "preset": preset, "device": device, "seed": seed,
                                     "eval": eval_set, "threads": threads, "quantize.max_drop": max_drop,
-                                    **_parse_set(sets)})
+                                    **parse_set(sets)})
     if cfg.teacher.program:
         raise UsageError("quantize --config needs the model's code: teacher.factory with teacher.weights (a saved "
                          "program is a fixed graph that NNCF does not quantize whole)")
