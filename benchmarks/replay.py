@@ -109,26 +109,15 @@ def stress_kwargs(stress: dict, iterations: int, teacher: torch.nn.Module, shape
     return {**kwargs, "steer": lambda it: groups[phase_of(it, iterations, phases, cycles)]}
 
 
-def _value(text: str):
-    low = text.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
 def _parse_sets(items: list[str]) -> dict:
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise SystemExit(f"--set takes key=value, got {item!r}")
-        key, value = item.split("=", 1)
-        out[key.strip()] = _value(value.strip())
-    return out
+    """`--set` items read as the CLI reads them; a malformed one ends the benchmark with the CLI's message."""
+    from core.errors import UsageError
+    from pipeline.cli import parse_set
+
+    try:
+        return parse_set(tuple(items))
+    except UsageError as exc:
+        raise SystemExit(f"error: {exc}") from None
 
 
 def load_task(name: str, cfg, mnist_path: Path, scenario: str, device: torch.device):
