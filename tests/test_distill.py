@@ -616,6 +616,41 @@ def test_new_students_pool_late_and_students_specified_before_rebuild_early(tmp_
         build_student({**spec, "pooling": "middle"})
 
 
+def test_new_students_read_a_grid_of_positions_and_students_specified_before_rebuild_a_global_average(tmp_path):
+    from core import workdir as wd
+
+    spec = student_spec((1, 28, 28), 10, 98_506, 0.25)
+    assert spec["head"] == "grid"
+    student = build_student(spec).eval()
+    assert student.classifier.in_features == spec["widths"][-1] * 4 * 4  # a 7x7 map, padded to 8x8, read as 4x4
+    # Where a feature fires reaches the classifier: the same blob in two corners gives two different answers
+    a, b = torch.zeros(1, 1, 28, 28), torch.zeros(1, 1, 28, 28)
+    a[..., 2:8, 2:8], b[..., 20:26, 20:26] = 3.0, 3.0
+    assert not torch.allclose(student(a), student(b), atol=1e-4)
+    before = {k: v for k, v in spec.items() if k != "head"}  # a student.json written before the grid head
+    old = build_student(before).eval()
+    assert old.classifier.in_features == spec["widths"][-1]
+    wd.save_module(old, tmp_path / "student.safetensors")
+    again = wd.load_module(build_student(before), tmp_path / "student.safetensors").eval()
+    assert torch.equal(again(a), old(a))
+    with pytest.raises(ValueError, match="head"):
+        build_student({**spec, "head": "dense"})
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (1, 8, 8), (3, 20, 12)])
+def test_grid_head_exports_to_onnx_and_runs_the_same_in_onnx_runtime(tmp_path, shape):
+    import numpy as np
+    import onnxruntime as ort
+
+    student = build_student(student_spec(shape, 10, 60_000, 0.25)).eval()
+    x = torch.randn(3, *shape)
+    path = tmp_path / "student.onnx"
+    torch.onnx.export(student, (x,), str(path), dynamo=False, opset_version=17, input_names=["x"])
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"x": x.numpy()})[0]
+    assert np.allclose(got, student(x).detach().numpy(), atol=1e-4)
+
+
 def test_vae_width_is_its_own_setting_and_sized_from_the_input_by_default():
     teacher = TinyTeacher().eval()
     memory = build_memory(_smoke_cfg(vae_width=16, generator_width=32), SHAPE, teacher, torch.device("cpu"))

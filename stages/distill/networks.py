@@ -140,21 +140,33 @@ class VAE(nn.Module):
 
 # ---- students -------------------------------------------------------------------------------------
 
+# The side of the grid the built-in conv student's head reads: the classifier sees where on the image each feature
+# fired, not only how much. A global-average head (a bag of local features) matches a teacher only on what it sees
+# position-free, and a teacher whose head reads positions (LeNet's, an MLP's) it matches on synthetic samples
+# without following it on real ones.
+HEAD_GRID = 4
+
+
 class ConvStudent(nn.Module):
-    """Conv-BN-ReLU stages with a 2x max-pooling between two of them wherever the resolution stays >= 4 pixels.
+    """Conv-BN-ReLU stages with a 2x max-pooling between two of them wherever the resolution stays >= 4 pixels,
+    then a linear head on the last feature map averaged to a grid of at most `HEAD_GRID` cells a side
+    (`head = "grid"`), or to one cell (`"gap"`: specs written by older versions, rebuilt as they were trained).
 
     `pooling = "late"` (the built-in students) puts the poolings between the last stages, as the digits teacher
     does, so a small image keeps its full resolution through the first two convolutions; `"early"` (specs
-    written by older versions, rebuilt as they were trained) puts them between the first ones. The two differ
-    only for images under 16 pixels a side."""
+    written by older versions) puts them between the first ones. The two differ only for images under 16 pixels
+    a side."""
 
-    def __init__(self, shape: tuple[int, int, int], num_classes: int, widths: list[int], pooling: str = "late"):
+    def __init__(self, shape: tuple[int, int, int], num_classes: int, widths: list[int], pooling: str = "late",
+                 head: str = "grid"):
         super().__init__()
         if pooling not in ("late", "early"):
             raise ValueError(f"unknown pooling {pooling!r}: late or early")
-        c = shape[0]
+        if head not in ("grid", "gap"):
+            raise ValueError(f"unknown head {head!r}: grid or gap")
+        c, h, w = shape
         gaps = len(widths) - 1
-        pools, size = 0, min(shape[1:])
+        pools, size = 0, min(h, w)
         while size >= 8 and pools < gaps:
             pools, size = pools + 1, size // 2
         pooled_after = set(range(gaps - pools, gaps)) if pooling == "late" else set(range(pools))
@@ -164,12 +176,25 @@ class ConvStudent(nn.Module):
             c = width
             if i in pooled_after:
                 layers.append(nn.MaxPool2d(2))
-        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
-        self.features = nn.Sequential(*layers)
-        self.classifier = nn.Linear(c, num_classes)
+                h, w = h // 2, w // 2
+        cells = _grid_pooling(h, w, HEAD_GRID) if head == "grid" else [nn.AdaptiveAvgPool2d(1)]
+        self.features = nn.Sequential(*layers, *cells, nn.Flatten())
+        with torch.no_grad():
+            n = self.features(torch.zeros(1, *shape)).shape[1]
+        self.classifier = nn.Linear(n, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
+
+
+def _grid_pooling(h: int, w: int, grid: int) -> list[nn.Module]:
+    """Layers averaging an h x w map to at most grid x grid cells. A side the grid does not divide is zero-padded
+    at its end first: ONNX has no adaptive pooling to a size that does not divide the input."""
+    gh, gw = min(grid, h), min(grid, w)
+    pad_h, pad_w = -h % gh, -w % gw
+    layers: list[nn.Module] = [nn.ZeroPad2d((0, pad_w, 0, pad_h))] if pad_h or pad_w else []
+    kh, kw = (h + pad_h) // gh, (w + pad_w) // gw
+    return layers + ([nn.AvgPool2d((kh, kw))] if kh * kw > 1 else [])
 
 
 class MLPStudent(nn.Module):
@@ -205,14 +230,16 @@ def student_spec(shape: tuple[int, ...], num_classes: int, teacher_params: int, 
         if n > target:
             break
     spec = {"family": family, "shape": list(shape), "num_classes": num_classes, "widths": best[1]}
-    return {**spec, "pooling": "late"} if family == "conv" else spec
+    return {**spec, "pooling": "late", "head": "grid"} if family == "conv" else spec
 
 
 def build_student(spec: dict) -> nn.Module:
     """Rebuild a student from its JSON spec (stored beside its weights)."""
     if spec["family"] == "conv":
-        # A spec without "pooling" was written before late pooling: its weights were trained early-pooled
-        return ConvStudent(tuple(spec["shape"]), spec["num_classes"], spec["widths"], spec.get("pooling", "early"))
+        # A spec without "pooling" was written before late pooling, one without "head" before the grid head:
+        # its weights were trained that way
+        return ConvStudent(tuple(spec["shape"]), spec["num_classes"], spec["widths"], spec.get("pooling", "early"),
+                           spec.get("head", "gap"))
     if spec["family"] == "mlp":
         return MLPStudent(tuple(spec["shape"]), spec["num_classes"], spec["widths"])
     raise ValueError(f"unknown student family {spec['family']!r}")
