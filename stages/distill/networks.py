@@ -177,24 +177,23 @@ class ConvStudent(nn.Module):
             if i in pooled_after:
                 layers.append(nn.MaxPool2d(2))
                 h, w = h // 2, w // 2
-        cells = _grid_pooling(h, w, HEAD_GRID) if head == "grid" else [nn.AdaptiveAvgPool2d(1)]
-        self.features = nn.Sequential(*layers, *cells, nn.Flatten())
-        with torch.no_grad():
-            n = self.features(torch.zeros(1, *shape)).shape[1]
-        self.classifier = nn.Linear(n, num_classes)
+        pool, cells = _grid_pooling(h, w, HEAD_GRID) if head == "grid" else ([nn.AdaptiveAvgPool2d(1)], 1)
+        self.features = nn.Sequential(*layers, *pool, nn.Flatten())
+        self.classifier = nn.Linear(c * cells, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
 
 
-def _grid_pooling(h: int, w: int, grid: int) -> list[nn.Module]:
-    """Layers averaging an h x w map to at most grid x grid cells. A side the grid does not divide is zero-padded
-    at its end first: ONNX has no adaptive pooling to a size that does not divide the input."""
+def _grid_pooling(h: int, w: int, grid: int) -> tuple[list[nn.Module], int]:
+    """Layers averaging an h x w map to at most grid x grid cells, and the number of cells. A side the grid does
+    not divide is zero-padded at its end first: ONNX has no adaptive pooling to a size that does not divide the
+    input."""
     gh, gw = min(grid, h), min(grid, w)
     pad_h, pad_w = -h % gh, -w % gw
     layers: list[nn.Module] = [nn.ZeroPad2d((0, pad_w, 0, pad_h))] if pad_h or pad_w else []
     kh, kw = (h + pad_h) // gh, (w + pad_w) // gw
-    return layers + ([nn.AvgPool2d((kh, kw))] if kh * kw > 1 else [])
+    return layers + ([nn.AvgPool2d((kh, kw))] if kh * kw > 1 else []), gh * gw
 
 
 class MLPStudent(nn.Module):
