@@ -315,8 +315,8 @@ def child(args) -> int:
     from pipeline.cli import parse_set
     from pipeline.config import load_config
 
-    sets = parse_set(tuple(args.sets))  # validated as a run's --set is: a bad key or value is a one-line error
-    try:
+    try:  # validated as a run's --set is: a malformed item, a bad key or value is a one-line error
+        sets = parse_set(tuple(args.sets))
         recipe = load_config(overrides=sets).distill
     except UsageError as exc:
         raise SystemExit(str(exc)) from None
