@@ -1,6 +1,6 @@
 """Stage 2: INT8 with NNCF, calibrated and fine-tuned on synthetic data only.
 
-fold BatchNorm -> nncf.quantize (calibration on VAE / generator / noise samples) -> per-layer sensitivity
+fold BatchNorm -> nncf.quantize (calibration on synthetic samples: VAE and generator, or noise) -> per-layer sensitivity
 on synthetic probes, and with quantize.max_drop nncf.quantize again with the most sensitive layers in float
 (stages.quantize.sensitivity) -> short QAT by KD from the teacher -> nncf.strip -> ONNX with
 QuantizeLinear/DequantizeLinear.

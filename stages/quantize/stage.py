@@ -52,7 +52,10 @@ def synthetic_sources(cfg, teacher, generator, vae, shape, device):
     def from_noise(n: int) -> torch.Tensor:
         return torch.randn(n, *shape, device=device)
 
-    return {"vae": from_vae, "generator": from_generator, "noise": from_noise}, memory is not None
+    def mixed(n: int) -> torch.Tensor:
+        return torch.cat([from_vae(n // 2), from_generator(n - n // 2)])
+
+    return {"mixed": mixed, "vae": from_vae, "generator": from_generator, "noise": from_noise}, memory is not None
 
 
 def stage_quantize(cfg, out: Path, console: Console, scheme: str) -> dict:
@@ -65,6 +68,7 @@ def stage_quantize(cfg, out: Path, console: Console, scheme: str) -> dict:
     calibration = cfg.quantize.calibration
     if calibration == "vae" and not has_vae:
         console.warn(f"quantize: no VAE (replay mode '{cfg.distill.replay}'), calibrating on generator samples")
+    if calibration in ("vae", "mixed") and not has_vae:
         calibration = "generator"
     q = cfg.quantize
     batches = [sources[calibration](min(q.qat_batch, q.calibration_samples - i)).cpu()
@@ -72,8 +76,7 @@ def stage_quantize(cfg, out: Path, console: Console, scheme: str) -> dict:
 
     def qat_batch() -> torch.Tensor:
         # KD on a mix of replayed memories and fresh generator samples, as in distillation.
-        half = q.qat_batch // 2
-        return torch.cat([sources["vae"](half), sources["generator"](q.qat_batch - half)]).cpu()
+        return sources["mixed"](q.qat_batch).cpu()
 
     example = torch.randn(1, *spec.input_shape)
     # QAT and export run on the CPU (the NNCF path this project verifies); a copy keeps the synthetic
