@@ -46,7 +46,7 @@ def train_generator(cfg: DistillConfig, model: nn.Module, shape: tuple[int, ...]
     return generator, {
         "generator_steps": steps,
         "bn_prior": bool(synth.weights["bn"]),
-        "final_loss": round(float(loss), 6),
+        "final_loss": round(loss.item(), 6),
         "class_counts": counts,  # the model's top-1 class on COVERAGE_SAMPLES generator samples
         "classes_made": sum(c > 0 for c in counts),
         "wall_s": round(time.perf_counter() - t0, 2),
