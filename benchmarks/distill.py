@@ -5,6 +5,7 @@ file, as a user with their own teacher would write it, at the preset given (the 
     python benchmarks/distill.py --teachers all --synthesizers adversarial,meta,conditional --replay vae,none
     python benchmarks/distill.py --teachers digits_cnn --set distill.iterations=400
     python benchmarks/distill.py --teachers bn_cnn --seeds 0,1 --reuse   # seed 0 kept from an earlier call
+    python benchmarks/distill.py --teachers all --seeds 0,1 --requantize   # kept students, stages 2-3 rerun
 
 Each run's teacher is trained by benchmarks/zoo.py (cached); its real test split is handed to the run as
 `[eval] data` and used for the report only. Per run: the teacher's, the FP32 and the INT8 student's test
@@ -85,12 +86,15 @@ def code_key() -> str | None:
 
 
 def run_one(cfg: Path, out: Path, preset: str, seed: int, synthesizer: str, replay: str, sets: list[str],
-            budget: float | None, reuse: bool = False) -> dict:
+            budget: float | None, reuse: bool = False, requantize: bool = False) -> dict:
     plan = {"code": code_key(), "preset": preset, "seed": seed, "synthesizer": synthesizer, "replay": replay,
             "sets": sets, "budget": budget}
     kept = out / "benchmark-plan.json"
-    if reuse and plan["code"] and kept.is_file() and json.loads(kept.read_text()).get("plan") == plan:
-        return json.loads(kept.read_text())["result"]
+    old = json.loads(kept.read_text()) if kept.is_file() else None
+    if reuse and plan["code"] and old and old.get("plan") == plan:
+        return old["result"]
+    if requantize and old and {**old["plan"], "code": None} == {**plan, "code": None}:
+        return requantize_kept(out, old)
     args = [sys.executable, "-m", "pipeline.cli", "--quiet", "run", "--target", "mobile", "--config", str(cfg),
             "--out", str(out), "--force", "--preset", preset, "--seed", str(seed), "--threads", "1",
             "--device", "cpu", "--replay", replay, "--set", f'distill.synthesizer="{synthesizer}"']
@@ -109,15 +113,38 @@ def run_one(cfg: Path, out: Path, preset: str, seed: int, synthesizer: str, repl
     return result
 
 
+def requantize_kept(out: Path, old: dict) -> dict:
+    """Stages 2 and 3 of the current code on a kept run's distilled student (its distillation is not rerun)."""
+    t0 = time.perf_counter()
+    for stage in (["quantize", str(out), "--target", "mobile"], ["export", str(out), "--target", "mobile"]):
+        r = subprocess.run([sys.executable, "-m", "pipeline.cli", "--quiet", *stage], cwd=ROOT, capture_output=True,
+                           text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+        if r.returncode != 0:
+            return {"error": (r.stderr.strip().splitlines() or ["failed"])[-1], "wall_s": time.perf_counter() - t0}
+    report = json.loads((out / "report.json").read_text())
+    # Wall time as if run whole: the kept distillation's seconds plus this call's stages 2 and 3.
+    wall = report["distillation"]["wall_s"] + time.perf_counter() - t0
+    result = {**report, "wall_s": wall, "distilled_by_code": old["plan"]["code"]}
+    (out / "benchmark-plan.json").write_text(json.dumps({**old, "result": result}))
+    return result
+
+
 def row_of(name: str, synthesizer: str, replay: str, seed: int, rep: dict) -> list:
     if "error" in rep:
         return [name, synthesizer, replay, seed, None, None, None, None, None, rep["error"][:60], None, None,
-                round(rep["wall_s"])]
+                round(rep["wall_s"]), _distilled_by(rep)]
     acc, dist = rep["accuracy"], rep["distillation"]
     ratio = acc["student_int8"] / acc["teacher"]
     return [name, synthesizer, replay, seed, _pct(acc["teacher"]), _pct(acc["student_fp32"]), _pct(acc["student_int8"]),
             round(ratio, 4), round(dist["history"][-1]["agreement"], 4), dist.get("stopped_by"),
-            (dist.get("estimate") or {}).get("estimated_s"), round(dist["wall_s"]), round(rep["wall_s"])]
+            (dist.get("estimate") or {}).get("estimated_s"), round(dist["wall_s"]), round(rep["wall_s"]),
+            _distilled_by(rep)]
+
+
+def _distilled_by(rep: dict) -> str:
+    """'this run', or the kept distillation's stages tree (short) when only stages 2-3 were rerun."""
+    kept = rep.get("distilled_by_code")
+    return f"kept, stages tree {kept.split()[1][:8]}" if kept else "this run"
 
 
 def _pct(v: float) -> float:
@@ -181,6 +208,8 @@ def main() -> None:
     ap.add_argument("--name", default="distill", help="results file name under benchmarks/results/")
     ap.add_argument("--reuse", action="store_true", help="take a run kept from the same plan on the same committed "
                     "code instead of running it again (runs measured at different times)")
+    ap.add_argument("--requantize", action="store_true", help="for a run kept from the same plan on other code, "
+                    "keep its distillation and rerun only quantization and export with the current code")
     args = ap.parse_args()
     torch.set_num_threads(1)
     names = list(zoo.ZOO) if args.teachers == "all" else args.teachers.split(",")
@@ -192,7 +221,7 @@ def main() -> None:
                 for seed in (int(s) for s in args.seeds.split(",")):
                     out = WORK / name / f"{synthesizer}-{replay}-{seed}"
                     rep = run_one(cfg, out, args.preset, seed, synthesizer, replay, args.sets, args.time_budget,
-                                  args.reuse)
+                                  args.reuse, args.requantize)
                     rows.append(row_of(name, synthesizer, replay, seed, rep))
                     reports.append({**rep, "_teacher": name, "_setting": f"{synthesizer}/{replay}/{seed}"})
                     print(results.markdown(results.table("run", COLUMNS, [rows[-1]])), flush=True)
@@ -202,14 +231,15 @@ def main() -> None:
               results.table("Probe agreement as a predictor of real accuracy (every evaluation)",
                             ["teacher", "evaluations", "pearson r", "mean accuracy - agreement"],
                             agreement_vs_accuracy(reports))]
-    settings = {"preset": args.preset, "time_budget": args.time_budget, "sets": args.sets, "reuse": args.reuse}
+    settings = {"preset": args.preset, "time_budget": args.time_budget, "sets": args.sets, "reuse": args.reuse,
+                "requantize": args.requantize}
     doc = results.write(args.name, tables, results.command_line(__file__), settings)
     plot(reports, results.RESULTS / f"{args.name}.png")
     results.show(doc)
 
 
 COLUMNS = ["teacher", "synthesizer", "replay", "seed", "teacher %", "FP32 %", "INT8 %", "INT8 / teacher",
-           "probe agreement", "stopped by", "estimated s", "distill s", "total s"]
+           "probe agreement", "stopped by", "estimated s", "distill s", "total s", "distilled by"]
 
 
 if __name__ == "__main__":

@@ -9,11 +9,10 @@ Run through `python benchmarks/quantize.py --peers`. Per model:
 - NVIDIA Model Optimizer's ONNX INT8 PTQ (benchmarks/modelopt_ptq.py, in its own environment), likewise;
 - ours: NNCF PTQ then QAT by KD from the FP32 model itself, without and with the sensitivity step.
 
-Synthetic samples are data-free: a distilled student's come from its run's VAE (the pipeline's default
-calibration source) and its QAT batches mix the VAE and the generator, as stage 2 does; a teacher's come
-from BatchNorm-statistics inversion (stages.distill.probes.synthesize_probes, 100 Adam steps from noise
-towards each class), which on LeNet-5 (no BatchNorm) reduces to class inversion with an L2 prior, and its
-QAT batches are drawn from that pool. Accuracy is of each INT8 ONNX file in onnxruntime on the real test
+Synthetic samples are data-free: a distilled student's are half its run's VAE samples and half its generator's,
+for calibration and QAT batches alike, as stage 2 draws them by default; a teacher's come from the generator
+`pipeline quantize --config` trains against the model's priors alone (its BatchNorm statistics where it has
+BatchNorm, class balance and confidence always), fresh for every QAT batch. Accuracy is of each INT8 ONNX file in onnxruntime on the real test
 split; latency is its p50 at batch 1, one thread. A random-weight ResNet-18 (3x32x32) adds latency only.
 
 The sensitivity check: the layers are ranked on synthetic probes (stages.quantize.sensitivity), then the
@@ -43,6 +42,7 @@ import results
 from core.evaluation import onnx_accuracy
 from stages.distill.probes import synthesize_probes
 from stages.quantize.onnx_tidy import tidy_qdq
+from stages.quantize.samples import train_generator
 from stages.quantize.qat import calibrate, export_onnx, fold_batchnorm, quantize, use_reference_quantizer
 from stages.quantize.sensitivity import find_layers, rank_layers
 from targets.runners import measure_onnx
@@ -79,24 +79,26 @@ def frozen(model: nn.Module) -> nn.Module:
     return model
 
 
-def inverted(model: nn.Module, shape, num_classes: int, n: int, seed: int) -> torch.Tensor:
-    """`n` data-free samples by BatchNorm-statistics inversion of `model`."""
-    per_class = -(-n // num_classes)
-    x, _ = synthesize_probes(model, shape, num_classes, per_class, seed=seed)
-    return x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]]
+def model_samples(model: nn.Module, shape, num_classes: int, cfg, seed: int) -> Callable[[int], torch.Tensor]:
+    """Data-free samples of a model quantized as it is, as `pipeline quantize --config` makes them: a generator
+    trained against the model's priors alone (stages.quantize.samples)."""
+    torch.manual_seed(seed)
+    generator, _ = train_generator(cfg.distill, model, tuple(shape), cfg.quantize.generator_steps, num_classes,
+                                   torch.device("cpu"), lambda *_: None)
 
-
-def pool_batches(pool: torch.Tensor, batch: int, seed: int) -> Callable[[], torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return lambda: pool[torch.randint(0, len(pool), (batch,), generator=g)]
-
-
-def vae_batches(memory, generator, latent_dim: int, batch: int) -> Callable[[], torch.Tensor]:
-    """Half replayed VAE samples, half fresh generator samples: stage 2's QAT batch."""
-    def draw() -> torch.Tensor:
+    def draw(n: int) -> torch.Tensor:
         with torch.no_grad():
-            fresh = generator(torch.randn(batch - batch // 2, latent_dim))
-        return torch.cat([memory.sample(batch // 2), fresh])
+            return generator(torch.randn(n, cfg.distill.latent_dim))
+    return draw
+
+
+def mixed_samples(memory, generator, latent_dim: int) -> Callable[[int], torch.Tensor]:
+    """Half replayed VAE samples, half fresh generator samples: stage 2's calibration and QAT batches."""
+    def draw(n: int) -> torch.Tensor:
+        with torch.no_grad():
+            fresh = generator(torch.randn(n - n // 2, latent_dim))
+        # balanced sampling steers latents by gradient
+        return torch.cat([memory.sample(n // 2).detach(), fresh])
     return draw
 
 
@@ -107,18 +109,18 @@ def probes_of(teacher: nn.Module, shape, num_classes: int, per_class: int, seed:
 
 def teacher_case(name, model, shape, num_classes, split, cfg, seed) -> Case:
     model, q = frozen(model), cfg.quantize
-    pool = inverted(model, shape, num_classes, q.calibration_samples, seed)
+    draw = model_samples(model, shape, num_classes, cfg, seed)
     probes = probes_of(model, shape, num_classes, max(8, cfg.distill.probe_per_class), seed)
-    return Case(name, model, tuple(shape), num_classes, pool, "BN inversion", pool_batches(pool, q.qat_batch, seed),
-                probes, *split)
+    return Case(name, model, tuple(shape), num_classes, draw(q.calibration_samples), "model's generator",
+                lambda: draw(q.qat_batch), probes, *split)
 
 
 def student_case(name, student, teacher, memory, generator, latent_dim, shape, split, cfg, seed) -> Case:
     q = cfg.quantize
-    pool = memory.sample(q.calibration_samples).detach()  # balanced sampling steers latents by gradient
+    draw = mixed_samples(memory, frozen(generator), latent_dim)
     probes = probes_of(frozen(teacher), shape, 10, max(8, cfg.distill.probe_per_class), seed)
-    return Case(name, frozen(student), tuple(shape), 10, pool, "run's VAE",
-                vae_batches(memory, frozen(generator), latent_dim, q.qat_batch), probes, *split)
+    return Case(name, frozen(student), tuple(shape), 10, draw(q.calibration_samples), "run's VAE + generator",
+                lambda: draw(q.qat_batch), probes, *split)
 
 
 def digits_cases(cfg, seed: int, mnist_path: Path) -> list[Case]:
@@ -134,12 +136,9 @@ def digits_cases(cfg, seed: int, mnist_path: Path) -> list[Case]:
             teacher_case("digits teacher", copy.deepcopy(teacher), shape, digits.NUM_CLASSES, split, cfg, seed)]
 
 
-LENET5_RUN = CACHE / "distill-runs" / "lenet5" / "adversarial-vae-0"
-
-
-def lenet5_cases(cfg, seed: int) -> list[Case]:
-    """The zoo's LeNet-5 MNIST teacher and the student `benchmarks/distill.py --teachers lenet5` distilled
-    from it (its bundle under benchmarks/.cache/distill-runs/)."""
+def zoo_cases(name: str, label: str, cfg, seed: int) -> list[Case]:
+    """A zoo MNIST teacher and the student `benchmarks/distill.py --teachers <name>` distilled from it at seed 0
+    (its bundle under benchmarks/.cache/distill-runs/)."""
     import json
 
     import zoo
@@ -148,23 +147,24 @@ def lenet5_cases(cfg, seed: int) -> list[Case]:
     from stages.distill.networks import build_generator
     from stages.distill.stage import load_vae, rebuild_student
 
-    if not (LENET5_RUN / wd.STUDENT).is_file():
-        raise SystemExit(f"no LeNet-5 student in {LENET5_RUN}: run python benchmarks/distill.py --teachers lenet5 "
-                         "--time-budget 600 --name distill-lenet5")
-    entry = zoo.ZOO["lenet5"]
+    run = CACHE / "distill-runs" / name / "adversarial-vae-0"
+    if not (run / wd.STUDENT).is_file():
+        raise SystemExit(f"no {label} student in {run}: run python benchmarks/distill.py --teachers {name} "
+                         "--time-budget 600")
+    entry = zoo.ZOO[name]
     teacher, _ = entry.train()
     x_train, x_test, _, y_test = entry.split()
     split = (x_train, x_test, y_test)
-    run_cfg = json.loads((LENET5_RUN / wd.RUN_FILE).read_text())["config"]["distill"]
-    student = wd.load_module(rebuild_student(json.loads((LENET5_RUN / wd.STUDENT_SPEC).read_text())),
-                             LENET5_RUN / wd.STUDENT)
-    vae = load_vae(json.loads((LENET5_RUN / wd.VAE_SPEC).read_text()), LENET5_RUN / wd.VAE_FILE).eval()
+    run_cfg = json.loads((run / wd.RUN_FILE).read_text())["config"]["distill"]
+    student = wd.load_module(rebuild_student(json.loads((run / wd.STUDENT_SPEC).read_text())),
+                             run / wd.STUDENT)
+    vae = load_vae(json.loads((run / wd.VAE_SPEC).read_text()), run / wd.VAE_FILE).eval()
     generator = build_generator(run_cfg["latent_dim"], entry.input_shape, width=run_cfg["generator_width"])
-    generator = wd.load_module(generator, LENET5_RUN / wd.GENERATOR)
+    generator = wd.load_module(generator, run / wd.GENERATOR)
     memory = vae_memory(replace(cfg.distill, vae_balanced=run_cfg["vae_balanced"]), vae, frozen(teacher), trained=True)
-    return [student_case("LeNet-5 student", student, teacher, memory, generator, run_cfg["latent_dim"],
+    return [student_case(f"{label} student", student, teacher, memory, generator, run_cfg["latent_dim"],
                          entry.input_shape, split, cfg, seed),
-            teacher_case("LeNet-5 teacher", copy.deepcopy(teacher), entry.input_shape, 10, split, cfg, seed)]
+            teacher_case(f"{label} teacher", copy.deepcopy(teacher), entry.input_shape, 10, split, cfg, seed)]
 
 
 def bn_cnn_case(cfg, seed: int) -> Case:
@@ -453,7 +453,8 @@ def modelopt_python(path: Path | None) -> tuple[Path | None, str]:
 
 def all_cases(cfg, seed: int, mnist_path: Path) -> list[Callable[[], Case]]:
     """Builders, so one model's tensors are gone before the next is made."""
-    return [lambda: digits_cases(cfg, seed, mnist_path), lambda: lenet5_cases(cfg, seed),
+    return [lambda: digits_cases(cfg, seed, mnist_path), lambda: zoo_cases("lenet5", "LeNet-5", cfg, seed),
+            lambda: zoo_cases("wide_shallow", "wide CNN", cfg, seed),
             lambda: [bn_cnn_case(cfg, seed)], lambda: [image_teacher_case(cfg, seed)]]
 
 

@@ -1,19 +1,19 @@
 """INT8 from synthetic data: calibration source x task, before and after quantization-aware fine-tuning.
 
     python benchmarks/quantize.py [--task digits|mnist|both] [--target jetson|mobile] [--preset default]
-                                  [--sources vae,generator,noise,real] [--mnist PATH]
+                                  [--sources mixed,vae,generator,noise,real] [--mnist PATH]
 
 For each task a student is distilled once (default preset; cached under benchmarks/.cache/, where
 `benchmarks/distill.py` also leaves its `vae` students of the standard scenario), then
-quantized from the same FP32 student with each calibration source: `vae`, `generator` and `noise`
-are what the pipeline can use; `real` (the task's training images) is the upper bound, here only.
+quantized from the same FP32 student with each calibration source: `mixed` (the default: half VAE, half
+generator samples), `vae`, `generator` and `noise` are what the pipeline can use; `real` (the task's training images) is the upper bound, here only.
 Accuracy is on the task's real test split, of the exported INT8 ONNX as onnxruntime runs it.
 Writes benchmarks/results/quantize-<task>.json per task and prints its table.
 
     python benchmarks/quantize.py --peers [--max-drop 1.0] [--runs 300] [--modelopt-python PATH]
 
 compares the INT8 peers instead (ONNX Runtime quantize_static, NNCF PTQ, NVIDIA Model Optimizer, ours) on
-the digits and LeNet-5 students and teachers, the MNIST BN CNN teacher and the example image teacher (benchmarks/peers.py says how)
+the digits, LeNet-5 and wide-CNN students and teachers, the MNIST BN CNN teacher and the example image teacher (benchmarks/peers.py says how)
 and writes benchmarks/results/quantize-peers.json.
 """
 
@@ -38,6 +38,7 @@ from core.evaluation import onnx_accuracy  # noqa: E402
 from stages.distill.engine import distill  # noqa: E402
 from stages.quantize.onnx_tidy import tidy_qdq  # noqa: E402
 from stages.quantize.qat import export_onnx, quantize  # noqa: E402
+from stages.quantize.stage import synthetic_sources  # noqa: E402
 from targets.registry import TARGETS, get_target  # noqa: E402
 
 CACHE = Path(__file__).resolve().parent / ".cache"
@@ -110,18 +111,13 @@ def source_rows(name: str, args, cfg, teacher, student, generator, memory, shape
     example = torch.randn(1, *shape)
     fp32_path = export_onnx(student, CACHE / f"{name}-fp32.onnx", example)
     fp32 = onnx_accuracy(fp32_path, x_test, y_test)
-    gen = lambda n: generator(torch.randn(n, cfg.distill.latent_dim)).detach()  # noqa: E731
     rng = np.random.default_rng(args.seed)
-    sources = {
-        "vae": memory.sample,
-        "generator": gen,
-        "noise": lambda n: torch.randn(n, *shape),
-        "real": lambda n: x_train[torch.as_tensor(rng.choice(len(x_train), n, replace=False))],
-    }
+    # The stage's own sample sources, so each row calibrates as `quantize.calibration = <source>` would.
+    sources, _ = synthetic_sources(cfg, teacher, generator, memory.vae, shape, torch.device("cpu"))
+    sources["real"] = lambda n: x_train[torch.as_tensor(rng.choice(len(x_train), n, replace=False))]
 
     def qat_batch() -> torch.Tensor:
-        half = q.qat_batch // 2
-        return torch.cat([memory.sample(half), gen(q.qat_batch - half)])
+        return sources["mixed"](q.qat_batch)
 
     rows = []
     for source in args.sources.split(","):
@@ -148,7 +144,7 @@ def main() -> None:
     ap.add_argument("--task", default="digits", choices=["digits", "mnist", "both"])
     ap.add_argument("--target", default="jetson", choices=list(TARGETS))
     ap.add_argument("--preset", default="default")
-    ap.add_argument("--sources", default="vae,generator,noise,real")
+    ap.add_argument("--sources", default="mixed,vae,generator,noise,real")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--mnist", type=Path, default=Path(__file__).resolve().parent.parent.parent / "shared/data/mnist10k.npz")
     ap.add_argument("--peers", action="store_true", help="compare INT8 peers (benchmarks/peers.py) instead")
