@@ -110,3 +110,28 @@ def test_calibration_samples_follow_the_runs_vae_settings(balanced):
     with torch.no_grad():
         plain = vae.decoder(torch.randn(16, 4))  # a draw from the prior with no class-balancing step
     assert torch.allclose(got, plain) is (not balanced)
+
+
+def test_default_calibration_mixes_vae_and_generator_samples_and_falls_back_to_the_generator():
+    from pipeline.config import RunConfig
+    from stages.distill.networks import VAE
+    from stages.quantize.stage import synthetic_sources
+
+    cfg = RunConfig()
+    assert cfg.quantize.calibration == "mixed"
+    shape = (1, 8, 8)
+    teacher = build_student({"family": "conv", "shape": list(shape), "num_classes": 10, "widths": [4, 8]}).eval()
+
+    def generator(z):  # every generator sample is the constant 7, which no VAE decoder here outputs
+        return torch.full((len(z), *shape), 7.0)
+
+    def from_generator(batch):
+        return (batch == 7.0).flatten(1).all(1)
+
+    sources, has_vae = synthetic_sources(cfg, teacher, generator, VAE(shape, 4, width=16).eval(), shape,
+                                         torch.device("cpu"))
+    batch = sources["mixed"](17)
+    assert has_vae and batch.shape == (17, *shape)
+    assert from_generator(batch).sum() == 9  # half VAE (rounded down), half generator
+    sources, has_vae = synthetic_sources(cfg, teacher, generator, None, shape, torch.device("cpu"))
+    assert not has_vae and from_generator(sources["mixed"](16)).all()
