@@ -112,7 +112,7 @@ def source_rows(name: str, args, cfg, teacher, student, generator, memory, shape
     fp32_path = export_onnx(student, CACHE / f"{name}-fp32.onnx", example)
     fp32 = onnx_accuracy(fp32_path, x_test, y_test)
     rng = np.random.default_rng(args.seed)
-    # The stage's own sample sources, so each row calibrates as `quantize.calibration = <source>` would.
+    # The stage's own sample sources; `mixed` is what stage 2 calibrates on.
     sources, _ = synthetic_sources(cfg, teacher, generator, memory.vae, shape, torch.device("cpu"))
     sources["real"] = lambda n: x_train[torch.as_tensor(rng.choice(len(x_train), n, replace=False))]
 

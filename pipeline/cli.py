@@ -75,7 +75,6 @@ def config_options(f):
         click.option("--seed", type=int, default=None),
         click.option("--eval", "eval_set", type=str, default=None, help="Score on a real test split for the report only: digits"),
         click.option("--replay", type=str, default=None, help="vae | memory | none"),
-        click.option("--calibration", type=str, default=None, help="mixed | vae | generator | noise"),
         click.option("--threads", type=int, default=None, help="torch intra-op threads (default 1)"),
         click.option("--student-ratio", type=float, default=None, help="student size relative to the teacher (auto arch)"),
         click.option("--time-budget", type=float, default=None, help="seconds of distillation at most"),
@@ -88,10 +87,10 @@ def config_options(f):
     return f
 
 
-def build_config(target, config_path, preset, device, seed, eval_set, replay, calibration, threads, student_ratio,
+def build_config(target, config_path, preset, device, seed, eval_set, replay, threads, student_ratio,
                  time_budget, min_agreement, sets, max_drop=None):
     overrides = {"target": target, "preset": preset, "device": device, "seed": seed, "eval": eval_set,
-                 "distill.replay": replay, "quantize.calibration": calibration, "threads": threads,
+                 "distill.replay": replay, "threads": threads,
                  "student.ratio": student_ratio, "distill.time_budget": time_budget,
                  "distill.min_agreement": min_agreement, "quantize.max_drop": max_drop}
     overrides.update(parse_set(sets))

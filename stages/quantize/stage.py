@@ -65,11 +65,9 @@ def stage_quantize(cfg, out: Path, console: Console, scheme: str) -> dict:
     torch.manual_seed(cfg.seed + 1)
     teacher, spec, student, generator, vae = _load_stage_models(cfg, out, device)
     sources, has_vae = synthetic_sources(cfg, teacher, generator, vae, spec.input_shape, device)
-    calibration = cfg.quantize.calibration
-    if calibration == "vae" and not has_vae:
-        console.warn(f"quantize: no VAE (replay mode '{cfg.distill.replay}'), calibrating on generator samples")
-    if calibration in ("vae", "mixed") and not has_vae:
-        calibration = "generator"
+    # Half VAE, half generator samples, the mix fine-tuning trains on: VAE samples alone are smoother than what
+    # the student meets, and ranges calibrated on them alone can clip real inputs.
+    calibration = "mixed" if has_vae else "generator"
     q = cfg.quantize
     batches = [sources[calibration](min(q.qat_batch, q.calibration_samples - i)).cpu()
                for i in range(0, q.calibration_samples, q.qat_batch)]
