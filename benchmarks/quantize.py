@@ -2,13 +2,15 @@
 
     python benchmarks/quantize.py [--task digits|mnist|both] [--target jetson|mobile] [--preset default]
                                   [--sources mixed,vae,generator,noise,real] [--mnist PATH]
+    python benchmarks/quantize.py --task zoo [--teachers wide_shallow,bn_cnn,...] [--sources ...] [--seed 0]
 
 For each task a student is distilled once (default preset; cached under benchmarks/.cache/, where
 `benchmarks/distill.py` also leaves its `vae` students of the standard scenario), then
 quantized from the same FP32 student with each calibration source: `mixed` (the default: half VAE, half
 generator samples), `vae`, `generator` and `noise` are what the pipeline can use; `real` (the task's training images) is the upper bound, here only.
 Accuracy is on the task's real test split, of the exported INT8 ONNX as onnxruntime runs it.
-Writes benchmarks/results/quantize-<task>.json per task and prints its table.
+Writes benchmarks/results/quantize-<task>.json per task and prints its table. `--task zoo` quantizes, the same
+way, the students `benchmarks/distill.py` kept for the zoo's teachers (`quantize-zoo.json`).
 
     python benchmarks/quantize.py --peers [--max-drop 1.0] [--runs 300] [--modelopt-python PATH]
 
@@ -105,6 +107,22 @@ def distilled(name: str, preset: str, seed: int, mnist_path: Path):
     return cfg, teacher, student.eval(), generator.eval(), memory, shape, x_train, x_test, y_test
 
 
+def zoo_parts(name: str, seed: int):
+    """A student `benchmarks/distill.py` left for a zoo teacher and seed, loaded as stage 2 loads it."""
+    import zoo
+    from stages.distill.engine import vae_memory
+    from stages.quantize.stage import _load_stage_models
+
+    run = CACHE / "distill-runs" / name / f"adversarial-vae-{seed}"
+    if not (run / "student.safetensors").is_file():
+        raise SystemExit(f"no student in {run}: run python benchmarks/distill.py --teachers {name} --seeds {seed}")
+    cfg = load_config(run.parent / "config" / "teacher.toml", {"seed": seed})
+    teacher, spec, student, generator, vae = _load_stage_models(cfg, run, torch.device("cpu"))
+    x_train, x_test, _, y_test = zoo.ZOO[name].split()
+    memory = vae_memory(cfg.distill, vae, teacher, trained=True)
+    return cfg, teacher, student, generator, memory, tuple(spec.input_shape), x_train, x_test, y_test
+
+
 def source_rows(name: str, args, cfg, teacher, student, generator, memory, shape, x_train, x_test, y_test) -> list[list]:
     """One row per calibration source: FP32, INT8 from calibration alone and after QAT, and their times."""
     q = cfg.quantize
@@ -141,7 +159,9 @@ def source_rows(name: str, args, cfg, teacher, student, generator, memory, shape
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--task", default="digits", choices=["digits", "mnist", "both"])
+    ap.add_argument("--task", default="digits", choices=["digits", "mnist", "both", "zoo"])
+    ap.add_argument("--teachers", default="wide_shallow,strided_cnn,bn_cnn,resnet_small,lenet5,mlp,digits_cnn,"
+                    "digits_mlp_bn", help="--task zoo: the zoo teachers whose kept students to quantize")
     ap.add_argument("--target", default="jetson", choices=list(TARGETS))
     ap.add_argument("--preset", default="default")
     ap.add_argument("--sources", default="mixed,vae,generator,noise,real")
@@ -160,6 +180,19 @@ def main() -> None:
         import peers
 
         results.show(peers.run(args, results.command_line(__file__)))
+        return
+    if args.task == "zoo":
+        rows = [row for name in args.teachers.split(",")
+                for row in source_rows(f"{name} s{args.seed}", args, *zoo_parts(name, args.seed))]
+        tab = results.table(
+            f"INT8 ({args.target} scheme) of the zoo's distilled students by calibration source: real test-split "
+            "accuracy of the ONNX models in onnxruntime", ["student", "calibration", "FP32", "INT8 calib only",
+                                                           "INT8 after QAT", "QAT - FP32 (pt)", "time calib s",
+                                                           "time QAT s"], rows,
+            notes="Each student is the one benchmarks/distill.py kept for the teacher and seed; `mixed` is what "
+                  "stage 2 calibrates on.")
+        settings = {"target": args.target, "seed": args.seed, "teachers": args.teachers}
+        results.show(results.write("quantize-zoo", [tab], results.command_line(__file__), settings))
         return
     tasks = ["digits", "mnist"] if args.task == "both" else [args.task]
     settings = {"target": args.target, "preset": args.preset, "seed": args.seed}
