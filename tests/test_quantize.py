@@ -91,6 +91,25 @@ def test_qat_reduces_kd_loss(models):
     assert np.mean(res.qat_losses[-5:]) < np.mean(res.qat_losses[:5])
 
 
+def test_qat_moves_the_quantizer_ranges_and_leaves_the_weights(models):
+    teacher, student = models
+    calib = [torch.randn(32, 1, 8, 8, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    fixed = torch.randn(64, 1, 8, 8)
+
+    def run(steps):
+        return quantize(student, teacher, calib, lambda: fixed, QuantizeConfig(qat_steps=steps, qat_lr=1e-2),
+                        "tensorrt", "noise", torch.randn(1, 1, 8, 8)).model.state_dict()
+
+    before, after = run(0), run(30)
+    biases = [k for k in before if k.endswith("bias")]
+    weights = [k for k in before if k.endswith("weight")]
+    assert biases and weights
+    # The biases are not quantized, so they show the float parameters: fine-tuning left them as they were.
+    assert all(torch.equal(before[k], after[k]) for k in biases)
+    # The weights are stored fake-quantized: moved ranges show in them.
+    assert any(not torch.equal(before[k], after[k]) for k in weights)
+
+
 @pytest.mark.parametrize("balanced", [True, False])
 def test_calibration_samples_follow_the_runs_vae_settings(balanced):
     from pipeline.config import RunConfig

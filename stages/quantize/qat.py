@@ -1,9 +1,9 @@
 """Stage 2: INT8 with NNCF, calibrated and fine-tuned on synthetic data only.
 
-fold BatchNorm -> nncf.quantize (calibration on synthetic samples: VAE and generator, or noise) -> per-layer sensitivity
-on synthetic probes, and with quantize.max_drop nncf.quantize again with the most sensitive layers in float
-(stages.quantize.sensitivity) -> short QAT by KD from the teacher -> nncf.strip -> ONNX with
-QuantizeLinear/DequantizeLinear.
+fold BatchNorm -> nncf.quantize (calibration on synthetic samples) -> per-layer sensitivity on synthetic probes,
+and with quantize.max_drop nncf.quantize again with the most sensitive layers in float
+(stages.quantize.sensitivity) -> short QAT of the quantizers' ranges by KD from the teacher, the weights
+frozen -> nncf.strip -> ONNX with QuantizeLinear/DequantizeLinear.
 
 Schemes per runtime:
   tensorrt     symmetric signed INT8 everywhere, zero point 0 (TensorRT's explicit quantization rules);
@@ -173,6 +173,13 @@ def force_signed(qmodel: nn.Module) -> int:
     return changed
 
 
+def quantizer_parameters(qmodel: nn.Module) -> list[nn.Parameter]:
+    """The trainable ranges (scales, or low and range) of every quantizer NNCF inserted."""
+    from nncf.torch.quantization.layers import BaseQuantizer
+
+    return [p for m in qmodel.modules() if isinstance(m, BaseQuantizer) for p in m.parameters() if p.requires_grad]
+
+
 def calibrate(folded: nn.Module, calibration_batches: list[torch.Tensor], cfg: QuantizeConfig, scheme: str,
               ignored: list[str] | None = None) -> nn.Module:
     """NNCF's post-training quantization of the BN-folded model in `scheme`, the `ignored` layers left in float."""
@@ -235,11 +242,12 @@ def quantize(student: nn.Module, teacher: nn.Module, calibration_batches: list[t
     if probes is not None:
         qmodel, sensitivity = _sensitive_layers_in_float(qmodel, folded, calibration_batches, cfg, scheme,
                                                          example_input, probes)
-    # Quantization-aware fine-tuning: the teacher is the only label source.
+    # Quantization-aware fine-tuning: the teacher is the only label source. Only the quantizers' ranges move:
+    # weights fitted further to synthetic samples drifted from what the student does on real inputs.
     losses: list[float] = []
     if cfg.qat_steps:
         qmodel.train()
-        opt = torch.optim.Adam(qmodel.parameters(), lr=cfg.qat_lr)
+        opt = torch.optim.Adam(quantizer_parameters(qmodel), lr=cfg.qat_lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.qat_steps)
         for step in range(cfg.qat_steps):
             x = qat_batch()
