@@ -9,8 +9,8 @@ Run through `python benchmarks/quantize.py --peers`. Per model:
 - NVIDIA Model Optimizer's ONNX INT8 PTQ (benchmarks/modelopt_ptq.py, in its own environment), likewise;
 - ours: NNCF PTQ then QAT by KD from the FP32 model itself, without and with the sensitivity step.
 
-Synthetic samples are data-free: a distilled student's are half its run's VAE samples and half its generator's,
-for calibration and QAT batches alike, as stage 2 draws them by default; a teacher's come from the generator
+Synthetic samples are data-free and drawn as stage 2 draws them: a distilled student is calibrated on its run's
+generator samples and fine-tuned on batches half VAE, half generator samples; a teacher's come from the generator
 `pipeline quantize --config` trains against the model's priors alone (its BatchNorm statistics where it has
 BatchNorm, class balance and confidence always), fresh for every QAT batch. Accuracy is of each INT8 ONNX file in onnxruntime on the real test
 split; latency is its p50 at batch 1, one thread. A random-weight ResNet-18 (3x32x32) adds latency only.
@@ -93,7 +93,7 @@ def model_samples(model: nn.Module, shape, num_classes: int, cfg, seed: int) -> 
 
 
 def mixed_samples(memory, generator, latent_dim: int) -> Callable[[int], torch.Tensor]:
-    """Half replayed VAE samples, half fresh generator samples: stage 2's calibration and QAT batches."""
+    """Half replayed VAE samples, half fresh generator samples: stage 2's QAT batches."""
     def draw(n: int) -> torch.Tensor:
         with torch.no_grad():
             fresh = generator(torch.randn(n - n // 2, latent_dim))
@@ -117,10 +117,13 @@ def teacher_case(name, model, shape, num_classes, split, cfg, seed) -> Case:
 
 def student_case(name, student, teacher, memory, generator, latent_dim, shape, split, cfg, seed) -> Case:
     q = cfg.quantize
-    draw = mixed_samples(memory, frozen(generator), latent_dim)
+    generator = frozen(generator)
+    draw = mixed_samples(memory, generator, latent_dim)
     probes = probes_of(frozen(teacher), shape, 10, max(8, cfg.distill.probe_per_class), seed)
-    return Case(name, frozen(student), tuple(shape), 10, draw(q.calibration_samples), "run's VAE + generator",
-                lambda: draw(q.qat_batch), probes, *split)
+    with torch.no_grad():
+        calib = generator(torch.randn(q.calibration_samples, latent_dim))
+    return Case(name, frozen(student), tuple(shape), 10, calib, "run's generator", lambda: draw(q.qat_batch), probes,
+                *split)
 
 
 def digits_cases(cfg, seed: int, mnist_path: Path) -> list[Case]:

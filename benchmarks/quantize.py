@@ -6,8 +6,8 @@
 
 For each task a student is distilled once (default preset; cached under benchmarks/.cache/, where
 `benchmarks/distill.py` also leaves its `vae` students of the standard scenario), then
-quantized from the same FP32 student with each calibration source: `mixed` (the default: half VAE, half
-generator samples), `vae`, `generator` and `noise` are what the pipeline can use; `real` (the task's training images) is the upper bound, here only.
+quantized from the same FP32 student with each calibration source: `generator` (what stage 2 uses),
+`mixed` (half VAE, half generator samples), `vae` and `noise`; `real` (the task's training images) is the upper bound, here only.
 Accuracy is on the task's real test split, of the exported INT8 ONNX as onnxruntime runs it.
 Writes benchmarks/results/quantize-<task>.json per task and prints its table. `--task zoo` quantizes, the same
 way, the students `benchmarks/distill.py` kept for the zoo's teachers (`quantize-zoo.json`).
@@ -130,7 +130,7 @@ def source_rows(name: str, args, cfg, teacher, student, generator, memory, shape
     fp32_path = export_onnx(student, CACHE / f"{name}-fp32.onnx", example)
     fp32 = onnx_accuracy(fp32_path, x_test, y_test)
     rng = np.random.default_rng(args.seed)
-    # The stage's own sample sources; `mixed` is what stage 2 calibrates on.
+    # The stage's own sample sources; stage 2 calibrates on `generator` and fine-tunes on `mixed`.
     sources, _ = synthetic_sources(cfg, teacher, generator, memory.vae, shape, torch.device("cpu"))
     sources["real"] = lambda n: x_train[torch.as_tensor(rng.choice(len(x_train), n, replace=False))]
 
@@ -164,7 +164,7 @@ def main() -> None:
                     "digits_mlp_bn", help="--task zoo: the zoo teachers whose kept students to quantize")
     ap.add_argument("--target", default="jetson", choices=list(TARGETS))
     ap.add_argument("--preset", default="default")
-    ap.add_argument("--sources", default="mixed,vae,generator,noise,real")
+    ap.add_argument("--sources", default="generator,mixed,vae,noise,real")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--mnist", type=Path, default=Path(__file__).resolve().parent.parent.parent / "shared/data/mnist10k.npz")
     ap.add_argument("--peers", action="store_true", help="compare INT8 peers (benchmarks/peers.py) instead")
@@ -189,8 +189,8 @@ def main() -> None:
             "accuracy of the ONNX models in onnxruntime", ["student", "calibration", "FP32", "INT8 calib only",
                                                            "INT8 after QAT", "QAT - FP32 (pt)", "time calib s",
                                                            "time QAT s"], rows,
-            notes="Each student is the one benchmarks/distill.py kept for the teacher and seed; `mixed` is what "
-                  "stage 2 calibrates on.")
+            notes="Each student is the one benchmarks/distill.py kept for the teacher and seed; stage 2 calibrates "
+                  "on `generator`; QAT batches are `mixed` in every row.")
         settings = {"target": args.target, "seed": args.seed, "teachers": args.teachers}
         results.show(results.write("quantize-zoo", [tab], results.command_line(__file__), settings))
         return

@@ -58,7 +58,7 @@ def test_report_has_accuracy_history_and_latency(jetson_bundle):
     for row in rows:
         assert 0 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
         assert row["measured_on"].startswith("host")
-    assert r["quantization"]["calibration_source"] == "mixed"
+    assert r["quantization"]["calibration_source"] == "generator"
 
 
 def test_int8_onnx_runs_and_holds_signed_qdq_for_tensorrt(jetson_bundle):

@@ -131,7 +131,7 @@ def test_calibration_samples_follow_the_runs_vae_settings(balanced):
     assert torch.allclose(got, plain) is (not balanced)
 
 
-def test_default_calibration_mixes_vae_and_generator_samples_and_falls_back_to_the_generator():
+def test_fine_tuning_batches_mix_vae_and_generator_samples_and_fall_back_to_the_generator():
     from pipeline.config import RunConfig
     from stages.distill.networks import VAE
     from stages.quantize.stage import synthetic_sources

@@ -39,7 +39,7 @@ def _load_stage_models(cfg, out: Path, device: torch.device):
 
 def synthetic_sources(cfg, teacher, generator, vae, shape, device):
     """Callables returning batches of synthetic inputs: the only data stage 2 ever sees."""
-    # The run's own VAE settings (class balancing on or off) decide how calibration samples are drawn too
+    # The run's own VAE settings (class balancing on or off) decide how fine-tuning's replayed samples are drawn too
     memory = vae_memory(cfg.distill, vae, teacher, trained=True) if vae is not None else None
 
     def from_generator(n: int) -> torch.Tensor:
@@ -64,10 +64,10 @@ def stage_quantize(cfg, out: Path, console: Console, scheme: str) -> dict:
     device = set_up(cfg)
     torch.manual_seed(cfg.seed + 1)
     teacher, spec, student, generator, vae = _load_stage_models(cfg, out, device)
-    sources, has_vae = synthetic_sources(cfg, teacher, generator, vae, spec.input_shape, device)
-    # Half VAE, half generator samples, the mix fine-tuning trains on: VAE samples alone are smoother than what
-    # the student meets, and ranges calibrated on them alone can clip real inputs.
-    calibration = "mixed" if has_vae else "generator"
+    sources, _ = synthetic_sources(cfg, teacher, generator, vae, spec.input_shape, device)
+    # The generator's samples set the ranges: VAE samples are smoother than what the student meets, and ranges
+    # calibrated on them, even on half of them, clipped real inputs of some students.
+    calibration = "generator"
     q = cfg.quantize
     batches = [sources[calibration](min(q.qat_batch, q.calibration_samples - i)).cpu()
                for i in range(0, q.calibration_samples, q.qat_batch)]
