@@ -141,33 +141,14 @@ def digits_cases(cfg, seed: int, mnist_path: Path) -> list[Case]:
 
 def zoo_cases(name: str, label: str, cfg, seed: int) -> list[Case]:
     """A zoo MNIST teacher and the student `benchmarks/distill.py --teachers <name>` distilled from it at seed 0
-    (its bundle under benchmarks/.cache/distill-runs/)."""
-    import json
+    (its bundle under benchmarks/.cache/distill-runs/), loaded as stage 2 loads it."""
+    import quantize as bench
 
-    import zoo
-    from core import workdir as wd
-    from stages.distill.engine import vae_memory
-    from stages.distill.networks import build_generator
-    from stages.distill.stage import load_vae, rebuild_student
-
-    run = CACHE / "distill-runs" / name / "adversarial-vae-0"
-    if not (run / wd.STUDENT).is_file():
-        raise SystemExit(f"no {label} student in {run}: run python benchmarks/distill.py --teachers {name} "
-                         "--time-budget 600")
-    entry = zoo.ZOO[name]
-    teacher, _ = entry.train()
-    x_train, x_test, _, y_test = entry.split()
+    _, teacher, student, generator, memory, shape, x_train, x_test, y_test = bench.zoo_parts(name, 0)
     split = (x_train, x_test, y_test)
-    run_cfg = json.loads((run / wd.RUN_FILE).read_text())["config"]["distill"]
-    student = wd.load_module(rebuild_student(json.loads((run / wd.STUDENT_SPEC).read_text())),
-                             run / wd.STUDENT)
-    vae = load_vae(json.loads((run / wd.VAE_SPEC).read_text()), run / wd.VAE_FILE).eval()
-    generator = build_generator(run_cfg["latent_dim"], entry.input_shape, width=run_cfg["generator_width"])
-    generator = wd.load_module(generator, run / wd.GENERATOR)
-    memory = vae_memory(replace(cfg.distill, vae_balanced=run_cfg["vae_balanced"]), vae, frozen(teacher), trained=True)
-    return [student_case(f"{label} student", student, teacher, memory, generator, run_cfg["latent_dim"],
-                         entry.input_shape, split, cfg, seed),
-            teacher_case(f"{label} teacher", copy.deepcopy(teacher), entry.input_shape, 10, split, cfg, seed)]
+    return [student_case(f"{label} student", student, teacher, memory, generator, cfg.distill.latent_dim, shape,
+                         split, cfg, seed),
+            teacher_case(f"{label} teacher", copy.deepcopy(teacher), shape, 10, split, cfg, seed)]
 
 
 def bn_cnn_case(cfg, seed: int) -> Case:
