@@ -43,6 +43,7 @@ from core.evaluation import onnx_accuracy
 from stages.distill.probes import synthesize_probes
 from stages.quantize.onnx_tidy import tidy_qdq
 from stages.quantize.samples import train_generator
+from stages.quantize.stage import synthetic_sources
 from stages.quantize.qat import calibrate, export_onnx, fold_batchnorm, quantize, use_reference_quantizer
 from stages.quantize.sensitivity import find_layers, rank_layers
 from targets.runners import measure_onnx
@@ -92,16 +93,6 @@ def model_samples(model: nn.Module, shape, num_classes: int, cfg, seed: int) -> 
     return draw
 
 
-def mixed_samples(memory, generator, latent_dim: int) -> Callable[[int], torch.Tensor]:
-    """Half replayed VAE samples, half fresh generator samples: stage 2's QAT batches."""
-    def draw(n: int) -> torch.Tensor:
-        with torch.no_grad():
-            fresh = generator(torch.randn(n - n // 2, latent_dim))
-        # balanced sampling steers latents by gradient
-        return torch.cat([memory.sample(n // 2).detach(), fresh])
-    return draw
-
-
 def probes_of(teacher: nn.Module, shape, num_classes: int, per_class: int, seed: int) -> torch.Tensor:
     # Another seed than the calibration pool's, as stage 2 does: ranking is not judged on what calibrated
     return synthesize_probes(teacher, shape, num_classes, per_class, seed=seed + 777)[0]
@@ -118,7 +109,7 @@ def teacher_case(name, model, shape, num_classes, split, cfg, seed) -> Case:
 def student_case(name, student, teacher, memory, generator, latent_dim, shape, split, cfg, seed) -> Case:
     q = cfg.quantize
     generator = frozen(generator)
-    draw = mixed_samples(memory, generator, latent_dim)
+    draw = synthetic_sources(cfg, frozen(teacher), generator, memory.vae, shape, torch.device("cpu"))[0]["mixed"]
     probes = probes_of(frozen(teacher), shape, 10, max(8, cfg.distill.probe_per_class), seed)
     with torch.no_grad():
         calib = generator(torch.randn(q.calibration_samples, latent_dim))
