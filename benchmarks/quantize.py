@@ -2,7 +2,7 @@
 
     python benchmarks/quantize.py [--task digits|mnist|both] [--target jetson|mobile] [--preset default]
                                   [--sources mixed,vae,generator,noise,real] [--mnist PATH]
-    python benchmarks/quantize.py --task zoo [--teachers wide_shallow,bn_cnn,...] [--sources ...] [--seed 0]
+    python benchmarks/quantize.py --task zoo [--teachers wide_shallow,bn_cnn,...] [--sources ...] [--seeds 0,1]
 
 For each task a student is distilled once (default preset; cached under benchmarks/.cache/, where
 `benchmarks/distill.py` also leaves its `vae` students of the standard scenario), then
@@ -107,6 +107,10 @@ def distilled(name: str, preset: str, seed: int, mnist_path: Path):
     return cfg, teacher, student.eval(), generator.eval(), memory, shape, x_train, x_test, y_test
 
 
+def kept_student(name: str, seed: int) -> bool:
+    return (CACHE / "distill-runs" / name / f"adversarial-vae-{seed}" / "student.safetensors").is_file()
+
+
 def zoo_parts(name: str, seed: int):
     """A student `benchmarks/distill.py` left for a zoo teacher and seed, loaded as stage 2 loads it."""
     import zoo
@@ -166,6 +170,8 @@ def main() -> None:
     ap.add_argument("--preset", default="default")
     ap.add_argument("--sources", default="generator,mixed,vae,noise,real")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", default="0", help="--task zoo: the seeds whose kept students to quantize (a "
+                    "teacher without a kept student for a seed is skipped and named in the table's notes)")
     ap.add_argument("--mnist", type=Path, default=Path(__file__).resolve().parent.parent.parent / "shared/data/mnist10k.npz")
     ap.add_argument("--peers", action="store_true", help="compare INT8 peers (benchmarks/peers.py) instead")
     ap.add_argument("--max-drop", type=float, default=1.0, help="--peers: quantize.max_drop of the sensitivity row")
@@ -182,16 +188,18 @@ def main() -> None:
         results.show(peers.run(args, results.command_line(__file__)))
         return
     if args.task == "zoo":
-        rows = [row for name in args.teachers.split(",")
-                for row in source_rows(f"{name} s{args.seed}", args, *zoo_parts(name, args.seed))]
+        pairs = [(name, int(seed)) for name in args.teachers.split(",") for seed in args.seeds.split(",")]
+        missing = [f"{name} s{seed}" for name, seed in pairs if not kept_student(name, seed)]
+        rows = [row for name, seed in pairs if kept_student(name, seed)
+                for row in source_rows(f"{name} s{seed}", args, *zoo_parts(name, seed))]
         tab = results.table(
             f"INT8 ({args.target} scheme) of the zoo's distilled students by calibration source: real test-split "
             "accuracy of the ONNX models in onnxruntime", ["student", "calibration", "FP32", "INT8 calib only",
                                                            "INT8 after QAT", "QAT - FP32 (pt)", "time calib s",
                                                            "time QAT s"], rows,
-            notes="Each student is the one benchmarks/distill.py kept for the teacher and seed; stage 2 calibrates "
-                  "on `generator`; QAT batches are `mixed` in every row.")
-        settings = {"target": args.target, "seed": args.seed, "teachers": args.teachers}
+            notes="Each student is the one benchmarks/distill.py kept for the teacher and seed; QAT batches are "
+                  "`mixed` in every row." + (f" No kept student: {', '.join(missing)}." if missing else ""))
+        settings = {"target": args.target, "seeds": args.seeds, "teachers": args.teachers}
         results.show(results.write("quantize-zoo", [tab], results.command_line(__file__), settings))
         return
     tasks = ["digits", "mnist"] if args.task == "both" else [args.task]
