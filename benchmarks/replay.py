@@ -156,7 +156,7 @@ def load_task(name: str, cfg, mnist_path: Path, scenario: str, device: torch.dev
 def run_one(task: str, mode: str, seed: int, preset: str, sets: dict, mnist_path: Path, scenario: str, out: Path,
             verbose: bool = False, device: torch.device = torch.device("cpu")) -> dict:
     from pipeline.config import load_config
-    from stages.distill.engine import distill, expected_accuracy, largest_drop
+    from stages.distill.engine import build_memory, distill, expected_accuracy, largest_drop
 
     overrides, stress = split_stress({"preset": preset, **SCENARIOS[scenario], **sets, "distill.replay": mode})
     cfg = load_config(overrides=overrides)
@@ -169,8 +169,11 @@ def run_one(task: str, mode: str, seed: int, preset: str, sets: dict, mnist_path
             print(f"    {task}/{mode}/seed {seed} step {step}: accuracy {row['accuracy']:.4f} agreement {row['agreement']:.3f} "
                   f"({row['elapsed_s']:.1f} s)", file=sys.stderr, flush=True)
 
+    # Handed in, the memory is replayed from its first samples on, as in an update: the modes compare replay
+    # within one run, which the pipeline's own runs leave out for the VAE.
+    memory = build_memory(cfg.distill, shape, teacher, device)
     res = distill(cfg.distill, teacher, student, shape, run_dir, device, seed=seed, evaluate=evaluate,
-                  progress=progress, **stress_kwargs(stress, cfg.distill.iterations, teacher, shape))
+                  progress=progress, memory=memory, **stress_kwargs(stress, cfg.distill.iterations, teacher, shape))
     if mode == "vae" and scenario == "standard" and not sets and device.type == "cpu":
         # The same student the quantize benchmark would distil (same preset, seed, settings): leave it there.
         from quantize import distilled_path, save_distilled

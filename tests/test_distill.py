@@ -431,6 +431,22 @@ def test_history_rows_and_modes_share_one_loop(tmp_path, mode):
         assert res.memory.nbytes() <= cfg.memory_bytes and res.memory.size > 0
 
 
+@pytest.mark.parametrize("mode", ["vae", "memory"])
+def test_a_vae_the_run_builds_learns_the_stream_without_being_replayed_and_a_reservoir_is_replayed(tmp_path, mode):
+    cfg = _smoke_cfg(replay=mode, iterations=3, kd_steps=2, eval_every=3, checkpoint_every=100, batch_size=16,
+                     replay_batch=8, input_noise=0.0, input_attack=0.0)
+    sizes: list[int] = []
+    student = _student()
+    student.register_forward_pre_hook(lambda m, inp: sizes.append(inp[0].shape[0]) if m.training else None)
+    res = distill(cfg, TinyTeacher().eval(), student, SHAPE, tmp_path, torch.device("cpu"))
+    replayed = sizes.count(cfg.batch_size + cfg.replay_batch)
+    if mode == "vae":
+        assert replayed == 0 and sizes.count(cfg.batch_size) > 0
+        assert res.memory.updates == 3 * cfg.vae_steps  # the bundle's memory learnt every iteration
+    else:
+        assert replayed > 0
+
+
 def test_weight_average_follows_the_student_at_its_rate():
     student = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
     avg = WeightAverage(student, decay=0.99)

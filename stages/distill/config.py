@@ -41,7 +41,8 @@ class DistillConfig:
     # labels) is paid once for all of them.
     steps_per_batch: int = setting(2, gt=0)
     batch_size: int = setting(128, gt=0)
-    replay_batch: int = setting(64, ge=0)  # replay samples mixed into every student step
+    # Replay samples mixed into every student step: from an update's shipped VAE, or the reservoir (`memory`)
+    replay_batch: int = setting(64, ge=0)
     latent_dim: int = setting(64, gt=0)
     synthesizer: str = setting("adversarial", choices=SYNTHESIZERS)  # see synthesizer.py
     synthesis_steps: int = setting(1, gt=0)  # generator updates per iteration

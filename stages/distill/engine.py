@@ -2,8 +2,9 @@
 
 One outer iteration (as in the PRE-DFKD reference):
   1. synthesizer step: a batch the teacher finds plausible but the student gets wrong;
-  2. `kd_steps` batches of fresh synthetic samples mixed with a replay batch from memory, each labelled once by
-     the teacher and learnt in `steps_per_batch` student steps,
+  2. `kd_steps` batches of fresh synthetic samples, mixed with a replay batch where the memory holds what the
+     generator no longer makes (an update's shipped VAE; see Session.replays), each labelled once by the teacher
+     and learnt in `steps_per_batch` student steps,
   3. the memory learning the newest samples during the first `vae_steps` of them.
 No validation data: the shipped student is the last one (with `ema_decay`, the moving average of the
 student's weights; see averaging.py). Resume, several processes and the memory layout are set up around
@@ -35,7 +36,8 @@ def distill(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, shape: t
             resume: bool = False, progress: Callable[[int, dict], None] | None = None,
             memory=None, world: World = SINGLE, inform: Callable[[str], None] | None = None,
             steer: Callable[[int], list[int] | None] | None = None, constant_lr: bool = False) -> DistillResult:
-    """Distil `teacher` into `student` without data. `memory` may carry an existing (shipped) VAE memory.
+    """Distil `teacher` into `student` without data. `memory` may carry an existing (shipped) VAE memory, which
+    the student then replays; a VAE memory the run builds itself learns the stream without being replayed.
     Under torchrun (`world` of several processes) every rank calls this; rank 0 evaluates and checkpoints.
     Two stresses for measuring forgetting, which the pipeline never applies (benchmarks/replay.py does):
     `steer(it)` names the classes the generator is steered to at iteration `it` (None: all of them), and
@@ -73,7 +75,7 @@ def _train(s: Session, cfg: DistillConfig, evaluate, progress, inform) -> None:
         s.student.train()
         for k in range(cfg.kd_steps):
             x_new = s.synth.sample(s.batch)
-            replay = s.memory.sample(s.replay_batch)
+            replay = s.memory.sample(s.replay_batch) if s.replays else None
             x_all = x_new if replay is None else torch.cat([x_new, replay])
             if s.perturbed:
                 x_all = _around(x_all, s.student, s.teacher, cfg, s.reach)

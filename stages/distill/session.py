@@ -146,6 +146,10 @@ class Session:
         num_classes = _num_classes(self.teacher, shape, device)
         self.synth = build_synthesizer(cfg, self.teacher, shape, device, num_classes)
         self.memory = memory if memory is not None else build_memory(cfg, shape, self.teacher, device)
+        # The student replays a memory handed in (an update's shipped VAE: what the old teacher taught) and a
+        # reservoir; a VAE this run builds only learns the stream, for the bundle's later updates: replayed within
+        # its own run, it cost teacher passes and did not pay (benchmarks/README.md, replay modes).
+        self.replays = memory is not None or cfg.replay != "vae"
         layout.adopt(self.teacher, self.student, self.synth.generator, self.vae)
         layout.check(shape, device, self.teacher, self.student)
         self.opt = student_optimizer(cfg, self.student)
