@@ -106,15 +106,13 @@ def teacher_case(name, model, shape, num_classes, split, cfg, seed) -> Case:
                 lambda: draw(q.qat_batch), probes, *split)
 
 
-def student_case(name, student, teacher, memory, generator, latent_dim, shape, split, cfg, seed) -> Case:
+def student_case(name, student, teacher, memory, generator, shape, split, cfg, seed) -> Case:
     q = cfg.quantize
-    generator = frozen(generator)
-    draw = synthetic_sources(cfg, frozen(teacher), generator, memory.vae, shape, torch.device("cpu"))[0]["mixed"]
-    probes = probes_of(frozen(teacher), shape, 10, max(8, cfg.distill.probe_per_class), seed)
-    with torch.no_grad():
-        calib = generator(torch.randn(q.calibration_samples, latent_dim))
-    return Case(name, frozen(student), tuple(shape), 10, calib, "run's generator", lambda: draw(q.qat_batch), probes,
-                *split)
+    teacher = frozen(teacher)
+    sources = synthetic_sources(cfg, teacher, frozen(generator), memory.vae, shape, torch.device("cpu"))
+    probes = probes_of(teacher, shape, 10, max(8, cfg.distill.probe_per_class), seed)
+    return Case(name, frozen(student), tuple(shape), 10, sources["generator"](q.calibration_samples), "run's generator",
+                lambda: sources["mixed"](q.qat_batch), probes, *split)
 
 
 def digits_cases(cfg, seed: int, mnist_path: Path) -> list[Case]:
@@ -125,7 +123,7 @@ def digits_cases(cfg, seed: int, mnist_path: Path) -> list[Case]:
     _, teacher, student, generator, memory, shape, x_train, x_test, y_test = bench.distilled("digits", cfg.preset, seed,
                                                                                           mnist_path)
     split = (x_train, x_test, y_test)
-    return [student_case("digits student", student, teacher, memory, generator, cfg.distill.latent_dim, shape, split,
+    return [student_case("digits student", student, teacher, memory, generator, shape, split,
                          cfg, seed),
             teacher_case("digits teacher", copy.deepcopy(teacher), shape, digits.NUM_CLASSES, split, cfg, seed)]
 
@@ -137,7 +135,7 @@ def zoo_cases(name: str, label: str, cfg, seed: int) -> list[Case]:
 
     _, teacher, student, generator, memory, shape, x_train, x_test, y_test = bench.zoo_parts(name, 0)
     split = (x_train, x_test, y_test)
-    return [student_case(f"{label} student", student, teacher, memory, generator, cfg.distill.latent_dim, shape,
+    return [student_case(f"{label} student", student, teacher, memory, generator, shape,
                          split, cfg, seed),
             teacher_case(f"{label} teacher", copy.deepcopy(teacher), shape, 10, split, cfg, seed)]
 

@@ -107,8 +107,10 @@ def distilled(name: str, preset: str, seed: int, mnist_path: Path):
     return cfg, teacher, student.eval(), generator.eval(), memory, shape, x_train, x_test, y_test
 
 
-def kept_student(name: str, seed: int) -> bool:
-    return (CACHE / "distill-runs" / name / f"adversarial-vae-{seed}" / "student.safetensors").is_file()
+def kept_run(name: str, seed: int) -> Path | None:
+    """The run `benchmarks/distill.py` kept for a zoo teacher and seed, where it holds a distilled student."""
+    run = CACHE / "distill-runs" / name / f"adversarial-vae-{seed}"
+    return run if (run / "student.safetensors").is_file() else None
 
 
 def zoo_parts(name: str, seed: int):
@@ -117,9 +119,10 @@ def zoo_parts(name: str, seed: int):
     from stages.distill.engine import vae_memory
     from stages.quantize.stage import _load_stage_models
 
-    run = CACHE / "distill-runs" / name / f"adversarial-vae-{seed}"
-    if not (run / "student.safetensors").is_file():
-        raise SystemExit(f"no student in {run}: run python benchmarks/distill.py --teachers {name} --seeds {seed}")
+    run = kept_run(name, seed)
+    if run is None:
+        raise SystemExit(f"no kept student for {name} seed {seed}: run python benchmarks/distill.py --teachers {name} "
+                         f"--seeds {seed}")
     cfg = load_config(run.parent / "config" / "teacher.toml", {"seed": seed})
     teacher, spec, student, generator, vae = _load_stage_models(cfg, run, torch.device("cpu"))
     x_train, x_test, _, y_test = zoo.ZOO[name].split()
@@ -135,7 +138,7 @@ def source_rows(name: str, args, cfg, teacher, student, generator, memory, shape
     fp32 = onnx_accuracy(fp32_path, x_test, y_test)
     rng = np.random.default_rng(args.seed)
     # The stage's own sample sources; stage 2 calibrates on `generator` and fine-tunes on `mixed`.
-    sources, _ = synthetic_sources(cfg, teacher, generator, memory.vae, shape, torch.device("cpu"))
+    sources = synthetic_sources(cfg, teacher, generator, memory.vae, shape, torch.device("cpu"))
     sources["real"] = lambda n: x_train[torch.as_tensor(rng.choice(len(x_train), n, replace=False))]
 
     def qat_batch() -> torch.Tensor:
@@ -189,8 +192,8 @@ def main() -> None:
         return
     if args.task == "zoo":
         pairs = [(name, int(seed)) for name in args.teachers.split(",") for seed in args.seeds.split(",")]
-        missing = [f"{name} s{seed}" for name, seed in pairs if not kept_student(name, seed)]
-        rows = [row for name, seed in pairs if kept_student(name, seed)
+        missing = [f"{name} s{seed}" for name, seed in pairs if kept_run(name, seed) is None]
+        rows = [row for name, seed in pairs if kept_run(name, seed) is not None
                 for row in source_rows(f"{name} s{seed}", args, *zoo_parts(name, seed))]
         tab = results.table(
             f"INT8 ({args.target} scheme) of the zoo's distilled students by calibration source: real test-split "

@@ -55,7 +55,7 @@ def synthetic_sources(cfg, teacher, generator, vae, shape, device):
     def mixed(n: int) -> torch.Tensor:
         return torch.cat([from_vae(n // 2), from_generator(n - n // 2)])
 
-    return {"mixed": mixed, "vae": from_vae, "generator": from_generator, "noise": from_noise}, memory is not None
+    return {"mixed": mixed, "vae": from_vae, "generator": from_generator, "noise": from_noise}
 
 
 def stage_quantize(cfg, out: Path, console: Console, scheme: str) -> dict:
@@ -64,7 +64,7 @@ def stage_quantize(cfg, out: Path, console: Console, scheme: str) -> dict:
     device = set_up(cfg)
     torch.manual_seed(cfg.seed + 1)
     teacher, spec, student, generator, vae = _load_stage_models(cfg, out, device)
-    sources, _ = synthetic_sources(cfg, teacher, generator, vae, spec.input_shape, device)
+    sources = synthetic_sources(cfg, teacher, generator, vae, spec.input_shape, device)
     # The generator's samples set the ranges: VAE samples are smoother than what the student meets, and ranges
     # calibrated on them, even on half of them, clipped real inputs of some students.
     calibration = "generator"
