@@ -138,8 +138,11 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             table = file_values["eval"]
             if set(table) != {"data"} or not isinstance(table["data"], str):
                 raise UsageError("config: [eval] takes one key, data = \"FILE.npz\" (arrays x raw, y labels)")
-            data = expand(table["data"], "eval data")
-            file_values["eval"] = str(data if data.is_absolute() else Path(cfg_dir) / data)
+            if table["data"] == "digits":  # the built-in split by name, as --eval digits
+                file_values["eval"] = "digits"
+            else:
+                data = expand(table["data"], "eval data")
+                file_values["eval"] = str(data if data.is_absolute() else Path(cfg_dir) / data)
         if "teacher" in file_values and isinstance(file_values["teacher"], dict) and "builtin" not in file_values["teacher"]:
             file_values["teacher"] = {"builtin": None, **file_values["teacher"]}
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}

@@ -292,6 +292,8 @@ def test_eval_npz_is_normalised_per_channel_and_checked(tmp_path):
     cfg = tmp_path / "c.toml"
     cfg.write_text('[eval]\ndata = "ok.npz"\n')
     assert load_config(cfg).eval == str(tmp_path / "ok.npz")  # relative to the config file
+    cfg.write_text('[eval]\ndata = "digits"\n')
+    assert load_config(cfg).eval == "digits"  # the built-in split by name, not a file beside the config
     cfg.write_text('[eval]\nfile = "ok.npz"\n')
     with pytest.raises(UsageError, match=r"\[eval\] takes one key"):
         load_config(cfg)
