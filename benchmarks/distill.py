@@ -3,6 +3,7 @@ file, as a user with their own teacher would write it, at the preset given (the 
 
     python benchmarks/distill.py --teachers bn_cnn,lenet5 --seeds 0,1
     python benchmarks/distill.py --teachers all --synthesizers adversarial,meta,conditional --replay vae,none
+    python benchmarks/distill.py --teachers digits --seeds 0,1,2,3   # the built-in default teacher, make demo's
     python benchmarks/distill.py --teachers digits_cnn --set distill.iterations=400
     python benchmarks/distill.py --teachers bn_cnn --seeds 0,1 --reuse   # seed 0 kept from an earlier call
     python benchmarks/distill.py --teachers all --seeds 0,1 --requantize   # kept students, stages 2-3 rerun
@@ -49,10 +50,20 @@ def build():
 '''
 
 
+# The product's own default teacher (`make demo`), next to the zoo: its config names no factory.
+BUILTIN = "digits"
+
+
 def write_config(name: str, folder: Path) -> Path:
     """A user's folder for one zoo teacher: model code, weights, the test split and the config naming them."""
     from safetensors.torch import save_file
 
+    if name == BUILTIN:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "teacher.toml").write_text('[teacher]\nbuiltin = "digits"\n[eval]\ndata = "digits"\n')
+        return folder / "teacher.toml"
+    if name not in zoo.ZOO:
+        sys.exit(f"unknown teacher '{name}'; choose from: {BUILTIN}, {', '.join(zoo.ZOO)}")
     entry = zoo.ZOO[name]
     teacher, _ = entry.train()
     folder.mkdir(parents=True, exist_ok=True)
@@ -198,7 +209,7 @@ def plot(reports: list[dict], path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--teachers", default="bn_cnn,lenet5,digits_cnn", help=f"comma list or 'all': {', '.join(zoo.ZOO)}")
+    ap.add_argument("--teachers", default="bn_cnn,lenet5,digits_cnn", help=f"comma list or 'all' (the zoo): {BUILTIN} (built-in), {', '.join(zoo.ZOO)}")
     ap.add_argument("--synthesizers", default="adversarial")
     ap.add_argument("--replay", default="vae")
     ap.add_argument("--seeds", default="0")
