@@ -1,6 +1,6 @@
 """Replay modes side by side in the distillation stage: replay modes x seeds (x tasks) in one invocation.
 
-    python benchmarks/replay.py --task digits --modes vae,memory,none --seeds 0,1
+    python benchmarks/replay.py --task digits --modes vae,none --seeds 0,1
     python benchmarks/replay.py --task mnist --mnist ../shared/data/mnist10k.npz
     python benchmarks/replay.py --task digits --scenario forgetting
 
@@ -220,7 +220,7 @@ def summary_rows(rows: list[dict]) -> list[list]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--task", choices=("digits", "mnist", "both"), default="digits")
-    ap.add_argument("--modes", default="vae,memory,none", help="comma-separated replay modes")
+    ap.add_argument("--modes", default="vae,none", help="comma-separated replay modes")
     ap.add_argument("--seeds", default="0,1", help="comma-separated seeds")
     ap.add_argument("--preset", default="default")
     ap.add_argument("--scenario", choices=tuple(SCENARIOS), default="standard")

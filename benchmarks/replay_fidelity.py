@@ -5,7 +5,7 @@
 
 The run is a `vae` run as in benchmarks/distill.py, same scenario and settings (its random stream is its own: the VAE
 is built before the run starts, so the seed does not give the benchmark's run step for step; judging leaves the stream
-alone); a reservoir of distill.memory_bytes only watches the stream the VAE learns. At each checkpoint both replay
+alone); a reservoir of 4 MiB of stored samples only watches the stream the VAE learns. At each checkpoint both replay
 `--samples` inputs and each is judged by
   classes     the teacher's argmax over them: the rarest and the commonest class's share (0.10 each when balanced)
   confidence  the teacher's mean top probability
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -33,6 +34,26 @@ import torch.nn.functional as F  # noqa: E402
 
 import results  # noqa: E402
 from replay import SCENARIOS, _parse_sets, load_task, split_stress, stress_kwargs  # noqa: E402
+
+
+class Reservoir:
+    """Stored synthetic samples up to a byte budget, by reservoir sampling: every sample seen so far has the same
+    chance of being kept. The reference a perfect generative memory would match."""
+
+    def __init__(self, shape: tuple[int, ...], budget_bytes: int):
+        self.buffer = torch.empty((max(1, budget_bytes // (4 * math.prod(shape))), *shape))
+        self.size = self.seen = 0
+
+    def observe(self, x: torch.Tensor) -> None:
+        for row in x.detach():
+            slot = self.size if self.size < len(self.buffer) else int(torch.randint(0, self.seen + 1, ()))
+            if slot < len(self.buffer):
+                self.buffer[slot] = row
+                self.size = max(self.size, slot + 1)
+            self.seen += 1
+
+    def sample(self, n: int) -> torch.Tensor:
+        return self.buffer[torch.randint(0, self.size, (n,))]
 
 
 def kd_value(student: torch.nn.Module, samples: torch.Tensor, t_logits: torch.Tensor, evaluate, steps: int) -> float:
@@ -64,7 +85,6 @@ def run_seed(seed: int, scenario: str, sets: dict, at: list[int] | None, n: int,
     """The judged rows of one seed's run, and the final accuracy of the run's own student."""
     from pipeline.config import load_config
     from stages.distill.engine import build_memory, distill
-    from stages.distill.memory import ReservoirMemory
 
     overrides, stress = split_stress({"preset": "default", **SCENARIOS[scenario], **sets, "distill.replay": "vae"})
     cfg = load_config(overrides=overrides)
@@ -72,7 +92,7 @@ def run_seed(seed: int, scenario: str, sets: dict, at: list[int] | None, n: int,
     teacher, student, shape, evaluate, _ = load_task("digits", cfg, None, scenario, torch.device("cpu"))
     fresh = copy.deepcopy(student)
     memory = build_memory(cfg.distill, shape, teacher, torch.device("cpu"))
-    stored = ReservoirMemory(shape, cfg.distill.memory_bytes, torch.device("cpu"))
+    stored = Reservoir(shape, 4 * 1024 * 1024)
     learn = memory.observe
 
     def observe(x, *args, **kwargs):  # the reservoir sees exactly what the VAE learns

@@ -74,7 +74,7 @@ def config_options(f):
         click.option("--device", type=str, default=None, help="auto | cpu | cuda"),
         click.option("--seed", type=int, default=None),
         click.option("--eval", "eval_set", type=str, default=None, help="Score on a real test split for the report only: digits"),
-        click.option("--replay", type=str, default=None, help="vae | memory | none"),
+        click.option("--replay", type=str, default=None, help="vae | none"),
         click.option("--threads", type=int, default=None, help="torch intra-op threads (default 1)"),
         click.option("--student-ratio", type=float, default=None, help="student size relative to the teacher (auto arch)"),
         click.option("--time-budget", type=float, default=None, help="seconds of distillation at most"),

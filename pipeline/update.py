@@ -35,8 +35,6 @@ def update_bundle(bundle: Path, cfg: RunConfig, out: Path, console: Console, for
     vae_art, vae_spec_art = manifest.artifact("vae"), manifest.artifact("vae-spec")
     if cfg.distill.replay == "vae" and (vae_art is None or vae_spec_art is None):
         raise UsageError(f"bundle {bundle} carries no VAE memory; update with --replay none, or re-run the pipeline")
-    if cfg.distill.replay == "memory":
-        raise UsageError("update replays the bundle's VAE (--replay vae) or nothing (--replay none); bundles store no samples")
     shape = [d for d in manifest.input.get("shape", [])[1:]]
     cfg.target = manifest.target
 

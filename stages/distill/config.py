@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from core.settings import setting
 
-REPLAY_MODES = ("vae", "memory", "none")
+REPLAY_MODES = ("vae", "none")
 SYNTHESIZERS = ("adversarial", "meta", "conditional")
 
 # Settings earlier versions had, each with the value at which it did what this version does: a run.json stored
@@ -41,7 +41,7 @@ class DistillConfig:
     # labels) is paid once for all of them.
     steps_per_batch: int = setting(2, gt=0)
     batch_size: int = setting(128, gt=0)
-    # Replay samples mixed into every student step: from an update's shipped VAE, or the reservoir (`memory`)
+    # Replay samples mixed into every student step of an update, drawn from its shipped VAE
     replay_batch: int = setting(64, ge=0)
     latent_dim: int = setting(64, gt=0)
     synthesizer: str = setting("adversarial", choices=SYNTHESIZERS)  # see synthesizer.py
@@ -59,7 +59,6 @@ class DistillConfig:
     w_onehot: float = setting(1.0, ge=0)
     w_activation: float = setting(0.1, ge=0)
     replay: str = setting("vae", choices=REPLAY_MODES, label="replay mode")
-    memory_bytes: int = setting(4 * 1024 * 1024, gt=0)  # reservoir budget for replay = "memory"
     vae_kld_weight: float = 1e-3
     vae_balanced: bool = True  # class-balanced prior sampling (latent step towards balanced teacher classes)
     vae_rehearse: bool = True  # the VAE rehearses on its own samples while learning new ones

@@ -1,13 +1,11 @@
-"""Replay memories share one interface, so `vae`, `memory` and `none` run the same training loop.
+"""Replay memories share one interface, so `vae` and `none` run the same training loop.
 
-  observe(x)  learn from (or store) the newest synthetic batch
+  observe(x)  learn from the newest synthetic batch
   sample(n)   n replay samples, or None
   nbytes()    what the memory costs to keep (and, for the VAE, to ship)
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
@@ -34,49 +32,6 @@ class NoReplay:
 
     def load_state_dict(self, state: dict) -> None:
         pass
-
-
-class ReservoirMemory:
-    """Stores real synthetic samples (MB-DFKD/CMI style) up to a byte budget, by reservoir sampling,
-    so every sample seen so far has the same chance of being kept."""
-
-    name = "memory"
-
-    def __init__(self, shape: tuple[int, ...], budget_bytes: int, device: torch.device):
-        self.capacity = max(1, budget_bytes // (math.prod(shape) * 4))
-        self.buffer = torch.empty((self.capacity, *shape), device=device)
-        self.size = 0
-        self.seen = 0
-
-    def observe(self, x: torch.Tensor, *args, **kwargs) -> dict:
-        x = x.detach()
-        for row in x:
-            if self.size < self.capacity:
-                self.buffer[self.size] = row
-                self.size += 1
-            else:
-                j = int(torch.randint(0, self.seen + 1, ()).item())
-                if j < self.capacity:
-                    self.buffer[j] = row
-            self.seen += 1
-        return {}
-
-    def sample(self, n: int) -> torch.Tensor | None:
-        if self.size == 0 or n == 0:
-            return None
-        idx = torch.randint(0, self.size, (n,), device=self.buffer.device)
-        return self.buffer[idx]
-
-    def nbytes(self) -> int:
-        return self.buffer.numel() * self.buffer.element_size()
-
-    def state_dict(self) -> dict:
-        return {"buffer": self.buffer[: self.size].clone(), "seen": torch.tensor(self.seen)}
-
-    def load_state_dict(self, state: dict) -> None:
-        n = state["buffer"].shape[0]
-        self.buffer[:n] = state["buffer"]
-        self.size, self.seen = n, int(state["seen"])
 
 
 class VAEMemory:

@@ -17,7 +17,7 @@ from core.world import World
 from stages.distill import augment, parallel
 from stages.distill.averaging import WeightAverage
 from stages.distill.config import DistillConfig
-from stages.distill.memory import NoReplay, ReservoirMemory, VAEMemory
+from stages.distill.memory import NoReplay, VAEMemory
 from stages.distill.networks import VAE, auto_vae_width
 from stages.distill.probes import agreement, synthesize_probes
 from stages.distill.stopping import Pace, fitting_iterations, plateaued
@@ -63,8 +63,6 @@ def build_vae(cfg: DistillConfig, shape: tuple[int, ...]) -> VAE:
 def build_memory(cfg: DistillConfig, shape: tuple[int, ...], teacher: nn.Module, device: torch.device):
     if cfg.replay == "vae":
         return vae_memory(cfg, build_vae(cfg, shape).to(device), teacher)
-    if cfg.replay == "memory":
-        return ReservoirMemory(shape, cfg.memory_bytes, device)
     return NoReplay()
 
 
@@ -146,10 +144,10 @@ class Session:
         num_classes = _num_classes(self.teacher, shape, device)
         self.synth = build_synthesizer(cfg, self.teacher, shape, device, num_classes)
         self.memory = memory if memory is not None else build_memory(cfg, shape, self.teacher, device)
-        # The student replays a memory handed in (an update's shipped VAE: what the old teacher taught) and a
-        # reservoir; a VAE this run builds only learns the stream, for the bundle's later updates: replayed within
-        # its own run, it cost teacher passes and did not pay (benchmarks/README.md, replay modes).
-        self.replays = memory is not None or cfg.replay != "vae"
+        # The student replays only a memory handed in (an update's shipped VAE: what the old teacher taught). A VAE
+        # this run builds only learns the stream, for the bundle's later updates: replayed within its own run, it
+        # cost teacher passes and did not pay (benchmarks/README.md, replay modes).
+        self.replays = memory is not None
         layout.adopt(self.teacher, self.student, self.synth.generator, self.vae)
         layout.check(shape, device, self.teacher, self.student)
         self.opt = student_optimizer(cfg, self.student)
