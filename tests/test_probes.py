@@ -30,3 +30,23 @@ def test_total_variation_weighs_the_same_picture_alike_at_any_resolution():
     fine = torch.nn.functional.interpolate(ramp, size=(32, 32), mode="bilinear", align_corners=True)
     assert abs(total_variation(fine) / total_variation(ramp) - 1) < 0.1
     assert total_variation(torch.ones(1, 1, 8, 8)) == 0
+
+
+def test_default_probes_match_the_teachers_batchnorm_statistics_closer_than_short_ones():
+    from stages.distill.criteria import BNStatistics
+
+    teacher = _teacher()
+
+    def bn_gap(x):
+        bn = BNStatistics(teacher)
+        try:
+            with torch.no_grad(), bn:
+                teacher(x)
+                return float(bn.loss())
+        finally:
+            bn.remove()
+
+    short, _ = synthesize_probes(teacher, (1, 8, 8), 10, 4, steps=100)
+    full, labels = synthesize_probes(teacher, (1, 8, 8), 10, 4)
+    assert bn_gap(full) < bn_gap(short)  # equal if the default fell back to the short optimisation
+    assert (labels == torch.arange(10).repeat_interleave(4)).float().mean() >= 0.9
