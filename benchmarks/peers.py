@@ -43,7 +43,7 @@ from core.evaluation import onnx_accuracy
 from stages.distill.probes import synthesize_probes
 from stages.quantize.onnx_tidy import tidy_qdq
 from stages.quantize.samples import train_generator
-from stages.quantize.stage import synthetic_sources
+from stages.quantize.stage import QUANTIZE_PROBE_STEPS, synthetic_sources
 from stages.quantize.qat import calibrate, export_onnx, fold_batchnorm, quantize, use_reference_quantizer
 from stages.quantize.sensitivity import find_layers, rank_layers
 from targets.runners import measure_onnx
@@ -95,7 +95,7 @@ def model_samples(model: nn.Module, shape, num_classes: int, cfg, seed: int) -> 
 
 def probes_of(teacher: nn.Module, shape, num_classes: int, per_class: int, seed: int) -> torch.Tensor:
     # Another seed than the calibration pool's, as stage 2 does: ranking is not judged on what calibrated
-    return synthesize_probes(teacher, shape, num_classes, per_class, seed=seed + 777)[0]
+    return synthesize_probes(teacher, shape, num_classes, per_class, steps=QUANTIZE_PROBE_STEPS, seed=seed + 777)[0]
 
 
 def teacher_case(name, model, shape, num_classes, split, cfg, seed) -> Case:

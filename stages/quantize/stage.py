@@ -24,6 +24,8 @@ from stages.distill.stage import load_vae, rebuild_student
 from stages.quantize.onnx_tidy import tidy_qdq
 from stages.quantize.qat import export_onnx, qdq_summary, quantize
 
+QUANTIZE_PROBE_STEPS = 100
+
 
 def _load_stage_models(cfg, out: Path, device: torch.device):
     teacher, spec = load_teacher(cfg)
@@ -80,9 +82,12 @@ def stage_quantize(cfg, out: Path, console: Console, scheme: str) -> dict:
     # QAT and export run on the CPU (the NNCF path this project verifies); a copy keeps the synthetic
     # sources' teacher on `device` (Module.cpu() moves in place).
     teacher_cpu = copy.deepcopy(teacher).cpu()
-    # One probe set ranks the layers and checks the result, so the estimated and measured drops compare.
+    # One probe set ranks the layers and checks the result, so the estimated and measured drops compare. It sets a
+    # model against its own quantized copy, not against another architecture, so the shorter optimisation the
+    # drop estimates were measured with serves (the longer one distillation needs would cost stage 2 as much).
     probes, labels = synthesize_probes(teacher_cpu, spec.input_shape, spec.num_classes,
-                                       max(8, cfg.distill.probe_per_class), seed=cfg.seed + 777)
+                                       max(8, cfg.distill.probe_per_class), steps=QUANTIZE_PROBE_STEPS,
+                                       seed=cfg.seed + 777)
     with console.progress("quantize (QAT)", q.qat_steps) as advance:
         result = quantize(student.cpu(), teacher_cpu, batches, qat_batch, q, scheme, calibration, example,
                           kd_loss=cfg.distill.kd_loss, kd_temperature=cfg.distill.kd_temperature,
