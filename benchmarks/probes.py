@@ -1,13 +1,13 @@
-"""How well probe agreement tells a student's real accuracy, with and without the probes' image prior.
+"""How well probe agreement tells a student's real accuracy, by how long the probes are optimised.
 
     python benchmarks/probes.py                       # every zoo teacher with a kept run
-    python benchmarks/probes.py --teachers bn_cnn,mlp
+    python benchmarks/probes.py --teachers bn_cnn,mlp --steps 100,300
 
 Probe agreement is the only quality figure a user without data has: it drives the plateau stop and the
 "not converged" verdict. For every student that `benchmarks/distill.py` left in its cache (any seed, default
-synthesizer and replay), this synthesises the teacher's probe set twice, as the pipeline does (BatchNorm
-statistics, confidence) and without the total-variation prior, and sets the student's agreement on each
-beside its accuracy on the real test split. Writes benchmarks/results/probes.json.
+synthesizer and replay), this synthesises the teacher's probe set as the pipeline does (BatchNorm statistics,
+confidence, the total-variation prior) once per number of optimisation steps in `--steps`, and sets the
+student's agreement on each beside its accuracy on the real test split. Writes benchmarks/results/probes.json.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def kept_students(name: str) -> list[tuple[int, torch.nn.Module]]:
     return out
 
 
-def measure(name: str) -> list[list]:
+def measure(name: str, steps: list[int]) -> list[list]:
     entry = zoo.ZOO[name]
     teacher, _ = entry.train()
     teacher.eval()
@@ -58,45 +58,52 @@ def measure(name: str) -> list[list]:
     if not students:
         return []
     sets, seconds = {}, {}
-    for label, tv in (("without", 0.0), ("with", TV_PER_SIDE)):
+    for n in steps:
         t0 = time.perf_counter()
-        sets[label] = synthesize_probes(teacher, entry.input_shape, entry.num_classes, PER_CLASS, tv=tv)
-        seconds[label] = time.perf_counter() - t0
+        sets[n] = synthesize_probes(teacher, entry.input_shape, entry.num_classes, PER_CLASS, steps=n,
+                                    tv=TV_PER_SIDE)
+        seconds[n] = time.perf_counter() - t0
     rows = []
     for seed, student in students:
         with torch.no_grad():
             real = float((student(x_test).argmax(1) == y_test).float().mean())
-        without, with_tv = (agreement(student, *sets[k]) for k in ("without", "with"))
-        rows.append([name, seed, round(100 * real, 2), round(without, 4), round(with_tv, 4),
-                     round(without - real, 4), round(with_tv - real, 4), round(seconds["with"], 1)])
+        for n in steps:
+            agree = agreement(student, *sets[n])
+            rows.append([name, seed, n, round(100 * real, 2), round(agree, 4), round(agree - real, 4),
+                         round(seconds[n], 1)])
     return rows
 
 
-def summary(rows: list[list]) -> list[list]:
+def summary(rows: list[list], steps: list[int]) -> list[list]:
     out = []
-    for label, col in (("without the prior", 5), ("with the prior (the pipeline's)", 6)):
-        errors = [r[col] for r in rows]
-        agree, real = np.array([r[col - 2] for r in rows]), np.array([r[2] / 100 for r in rows])
-        r = float(np.corrcoef(agree, real)[0, 1]) if len(rows) > 2 and agree.std() > 0 else float("nan")
-        out.append([label, len(rows), round(max(abs(e) for e in errors), 4),
-                    round(statistics.mean(abs(e) for e in errors), 4), round(r, 3)])
+    for n in steps:
+        mine = [r for r in rows if r[2] == n]
+        errors = [r[5] for r in mine]
+        agree, real = np.array([r[4] for r in mine]), np.array([r[3] / 100 for r in mine])
+        r = float(np.corrcoef(agree, real)[0, 1]) if len(mine) > 2 and agree.std() > 0 else float("nan")
+        out.append([n, len(mine), round(min(r[4] for r in mine), 4), round(max(abs(e) for e in errors), 4),
+                    round(statistics.mean(abs(e) for e in errors), 4), round(r, 3),
+                    round(statistics.mean(r[6] for r in mine), 1)])
     return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--teachers", default="all", help=f"comma list or 'all': {', '.join(zoo.ZOO)}")
+    ap.add_argument("--steps", default="100,300", help="comma list of probe optimisation steps to compare")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    steps = [int(n) for n in args.steps.split(",")]
     names = list(zoo.ZOO) if args.teachers == "all" else args.teachers.split(",")
-    rows = [row for name in names for row in measure(name)]
+    rows = [row for name in names for row in measure(name, steps)]
     if not rows:
         raise SystemExit(f"no kept runs under {WORK}: run benchmarks/distill.py first")
     tables = [results.table("Probe agreement against real accuracy, per kept student",
-                            ["teacher", "seed", "real accuracy %", "agreement without prior", "agreement with prior",
-                             "error without", "error with", "probe synthesis s"], rows),
-              results.table("Across students", ["probes", "students", "largest |error|", "mean |error|",
-                                                "pearson r"], summary(rows))]
+                            ["teacher", "seed", "probe steps", "real accuracy %", "agreement", "agreement - real",
+                             "probe synthesis s"], rows),
+              results.table("Across students", ["probe steps", "students", "lowest agreement", "largest |error|",
+                                                "mean |error|", "pearson r", "mean synthesis s"],
+                            summary(rows, steps))]
     doc = results.write("probes", tables, results.command_line(__file__), {"per_class": PER_CLASS})
     results.show(doc)
 
