@@ -78,12 +78,11 @@ def summary(rows: list[list], steps: list[int]) -> list[list]:
     out = []
     for n in steps:
         mine = [r for r in rows if r[2] == n]
-        errors = [r[5] for r in mine]
+        errors = [abs(r[5]) for r in mine]
         agree, real = np.array([r[4] for r in mine]), np.array([r[3] / 100 for r in mine])
-        r = float(np.corrcoef(agree, real)[0, 1]) if len(mine) > 2 and agree.std() > 0 else float("nan")
-        out.append([n, len(mine), round(min(r[4] for r in mine), 4), round(max(abs(e) for e in errors), 4),
-                    round(statistics.mean(abs(e) for e in errors), 4), round(r, 3),
-                    round(statistics.mean(r[6] for r in mine), 1)])
+        pearson = float(np.corrcoef(agree, real)[0, 1]) if len(mine) > 2 and agree.std() > 0 else float("nan")
+        out.append([n, len(mine), round(float(agree.min()), 4), round(max(errors), 4),
+                    round(statistics.mean(errors), 4), round(pearson, 3), round(statistics.mean(r[6] for r in mine), 1)])
     return out
 
 
