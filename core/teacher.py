@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from core.errors import RunError, UsageError
 from core.settings import resolve_path
@@ -567,6 +568,31 @@ def as_logits_teacher(model: nn.Module, spec: TaskSpec, output: int | str | None
 
 def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+class _OpNames(TorchDispatchMode):
+    """Records the name of every aten operator a forward pass dispatches."""
+
+    def __init__(self):
+        super().__init__()
+        self.names: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.add(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+def computes_convolution(model: nn.Module, input_shape: tuple[int, ...]) -> bool:
+    """Whether the (eval-mode) model convolves anywhere, from the operators one forward pass on a zero batch
+    dispatches: a factory's modules, a TorchScript file and an exported program alike, whatever they call them."""
+    tensor = next(iter(model.parameters()), None)
+    if tensor is None:
+        tensor = next(iter(model.buffers()), None)
+    device = tensor.device if tensor is not None else torch.device("cpu")
+    x = torch.zeros((2, *input_shape), device=device)
+    with torch.no_grad(), _OpNames() as ops:
+        model(x)
+    return any("conv" in name for name in ops.names)
 
 
 def load_teacher(cfg, weights: bool = True) -> tuple[nn.Module, TaskSpec]:

@@ -18,11 +18,12 @@ from torch import nn
 from pipeline.config import load_config
 from core.errors import UsageError
 from pipeline.run import run_all
-from core.teacher import ProgramTeacher, has_batchnorm, load_program, load_teacher
+from core.teacher import ProgramTeacher, computes_convolution, has_batchnorm, load_program, load_teacher
 from core.ui import Console
 from tests.conftest import onnx_test_accuracy
 from stages.distill.criteria import BNStatistics, PenultimateFeatures
 from stages.distill.networks import build_student, param_count, student_spec
+from stages.distill.stage import student_for
 
 
 torch.set_num_threads(1)
@@ -63,6 +64,9 @@ MODELS = textwrap.dedent('''
 
     def tab():
         return TabNet()
+
+    def image_mlp():  # an MLP on flattened pixels: an image teacher that never convolves
+        return nn.Sequential(nn.Flatten(), nn.Linear(3 * 13 * 22, 48), nn.ReLU(), nn.Linear(48, 5))
 
     def student_no_bn():  # a factory student without BatchNorm
         return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
@@ -155,6 +159,7 @@ def test_program_teacher_has_hookable_layers_and_input_gradients(conv_teacher, n
         torch.testing.assert_close(teacher(x), model(x), atol=1e-4, rtol=1e-4)
     assert has_batchnorm(teacher)
     assert param_count(teacher) == param_count(model)  # what sizes an auto student
+    assert computes_convolution(teacher, shape)  # what picks its family
     bn, feats = BNStatistics(teacher), PenultimateFeatures(teacher)
     assert len(bn.layers) == 2
     xi = x.clone().requires_grad_(True)  # the generator's gradient flows through the frozen teacher
@@ -258,6 +263,31 @@ def test_auto_student_is_sized_from_the_teacher(tmp_path, shape, classes, factor
         assert abs(n / param_count(teacher) - ratio) < 0.35 * ratio, (n, param_count(teacher), ratio)
         with torch.no_grad():
             assert build_student(spec).eval()(torch.randn(2, *shape)).shape == (2, classes)
+
+
+@pytest.mark.parametrize("form", ["factory", "scripted.pt", "program.pt2"])
+def test_auto_student_of_an_image_teacher_that_never_convolves_is_an_mlp(tmp_path, form):
+    mod = _models(tmp_path)
+    shape = (3, 13, 22)
+    model = mod.image_mlp().eval()
+    if form == "factory":
+        save_file(model.state_dict(), str(tmp_path / "t.safetensors"))
+        section = 'factory = "models.py:image_mlp"\nweights = "t.safetensors"'
+    else:
+        x = torch.randn(4, *shape)
+        if form == "scripted.pt":
+            torch.jit.script(model).save(str(tmp_path / form))
+        else:
+            torch.export.save(torch.export.export(model, (x,)), str(tmp_path / form))
+        section = f'program = "{form}"'
+    cfg = load_config(_config(tmp_path, section, shape, 5), {"preset": "smoke"})
+    teacher, spec = load_teacher(cfg)
+    student, s_spec = student_for(cfg, teacher, spec)
+    assert s_spec["family"] == "mlp" and not any(isinstance(m, nn.Conv2d) for m in student.modules())
+    assert student.eval()(torch.randn(2, *shape)).shape == (2, 5)
+    # The same image shape with a convolving teacher keeps the conv student.
+    conv = mod.ConvNet(k=5).eval()
+    assert student_for(cfg, conv, spec)[1]["family"] == "conv"
 
 
 def test_teacher_without_batchnorm_warns_once_and_factory_student_without_bn(tmp_path, capfd):

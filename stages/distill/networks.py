@@ -215,9 +215,13 @@ def param_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def student_spec(shape: tuple[int, ...], num_classes: int, teacher_params: int, ratio: float) -> dict:
-    """Pick the width of a built-in student so its size is about `ratio` times the teacher's."""
-    family = "conv" if _is_image(shape) else "mlp"
+def student_spec(shape: tuple[int, ...], num_classes: int, teacher_params: int, ratio: float,
+                 convolutional: bool = True) -> dict:
+    """Pick the width of a built-in student so its size is about `ratio` times the teacher's. Images get a conv
+    student unless the teacher never convolves (`convolutional=False`): an MLP on flattened pixels weighs each
+    pixel where it is, and an MLP student follows it on real inputs where a conv student matched it on the
+    synthetic ones only, at many times the teacher's cost."""
+    family = "conv" if _is_image(shape) and convolutional else "mlp"
     base = [16, 32, 64] if family == "conv" else [128, 64]
     target = max(1, int(teacher_params * ratio))
     best = None

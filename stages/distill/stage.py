@@ -19,8 +19,8 @@ from core.errors import RunError, UsageError
 from core.evaluation import check_compatible, evaluator
 from core.fileio import write_json
 from core.settings import resolve_path
-from core.teacher import (TaskSpec, build_from_factory, has_batchnorm, load_teacher, load_weights,
-                          teacher_architecture)
+from core.teacher import (TaskSpec, build_from_factory, computes_convolution, has_batchnorm, load_teacher,
+                          load_weights, teacher_architecture)
 from core.ui import Console
 from core.world import World, world_from_env
 from stages.distill import parallel
@@ -32,7 +32,8 @@ from stages.distill.stopping import verdict
 def student_for(cfg, teacher: nn.Module, spec: TaskSpec) -> tuple[nn.Module, dict]:
     """The student the config asks for, and the spec that rebuilds it."""
     if cfg.student.arch == "auto":
-        s = student_spec(spec.input_shape, spec.num_classes, param_count(teacher), cfg.student.ratio)
+        s = student_spec(spec.input_shape, spec.num_classes, param_count(teacher), cfg.student.ratio,
+                         convolutional=computes_convolution(teacher, spec.input_shape))
         return build_student(s), s
     model = build_from_factory(cfg.student.arch, cfg.config_dir, what="student factory")
     if cfg.student.weights:
