@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -182,8 +181,9 @@ def agreement_vs_accuracy(reports: list[dict]) -> list[list]:
     for name, v in pairs.items():
         if len(v) >= 3:
             a, b = np.array(v).T
-            r = float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else math.nan
-            out.append([name, len(v), round(r, 3), round(float(np.mean(b - a)), 4)])
+            # A constant agreement (1.0 throughout) correlates with nothing: say so rather than write NaN
+            r = round(float(np.corrcoef(a, b)[0, 1]), 3) if a.std() > 0 and b.std() > 0 else "- (agreement constant)"
+            out.append([name, len(v), r, round(float(np.mean(b - a)), 4)])
     return out
 
 
