@@ -3,8 +3,8 @@
 One outer iteration (as in the PRE-DFKD reference):
   1. synthesizer step: a batch the teacher finds plausible but the student gets wrong;
   2. `kd_steps` batches of fresh synthetic samples, mixed with a replay batch where the memory holds what the
-     generator no longer makes (an update's shipped VAE; see Session.replays), each labelled
-     once by the teacher and learnt in `steps_per_batch` student steps,
+     generator no longer makes (an update's shipped VAE; see Session.replays), each labelled once by the
+     teacher and learnt in `steps_per_batch` student steps,
   3. the memory learning the newest samples during the first `vae_steps` of them.
 No validation data: the shipped student is the last one (with `ema_decay`, the moving average of the
 student's weights; see averaging.py). Resume, several processes and the memory layout are set up around
