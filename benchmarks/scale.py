@@ -46,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
 import results  # noqa: E402
+from stages.distill.config import DistillConfig  # noqa: E402
 
 ROWS = HERE / ".cache" / "scale"  # every row measured, for --reuse
 NUM_CLASSES = 10  # every rung's: the probe set and the class terms grow with it
@@ -368,7 +369,7 @@ def _spawn(name: str, threads: int, device: str, iterations: int | None, sets: l
 # ---- tables and plot ---------------------------------------------------------------------------------
 
 COLUMNS = ["teacher", "input", "teacher GFLOPs", "student GFLOPs", "generator GFLOPs", "device", "threads",
-           "batch + replay", "iterations timed", "s / iteration", "CPU s / iteration", "teacher fwd / it", "teacher bwd / it",
+           "KD batch", "iterations timed", "s / iteration", "CPU s / iteration", "teacher fwd / it", "teacher bwd / it",
            "teacher samples / student sample", "student samples / s", "probe synthesis s", "peak MB", "load before", "CPU share"]
 
 
@@ -390,7 +391,7 @@ def cost_row(name: str, device: str, threads: int, r: dict) -> list:
     probe = f"{r['probe_s']:.1f}" + ("" if not r["probe_steps"] else f" ({r['probe_steps']} steps scaled)")
     fwd, bwd = sum(r["forward"].values()), sum(r["backward"].values())
     return [label(name, r), _shape(rung.shape), _round(g["teacher"]), _round(g["student"]), _round(g["generator"]), device,
-            threads, f"{r['batch']} + {r['replay']}", r["timed"], _round(r["s_per_iteration"]),
+            threads, r["batch"], r["timed"], _round(r["s_per_iteration"]),
             _round(r["cpu_s_per_iteration"]),
             round(fwd), round(bwd), _round((fwd + bwd) / r["student"]),
             _round(r["student"] / r["s_per_iteration"]), probe, round(peak), round(r["load"], 2),
@@ -415,7 +416,7 @@ def passes_rows(measured: list[tuple[str, str, int, dict]]) -> list[list]:
             continue
         cells = tuple(f"{round(r['forward'].get(p, 0))} / {round(r['backward'].get(p, 0))}" for p in PARTS)
         total = f"{round(sum(r['forward'].values()))} / {round(sum(r['backward'].values()))}"
-        key = (f"{r['batch']} + {r['replay']}", *cells, total)
+        key = (r["batch"], *cells, total)
         teachers = groups.setdefault(key, [])
         if label(name, r) not in teachers:
             teachers.append(label(name, r))
@@ -452,7 +453,7 @@ def plot(measured: list[tuple[str, str, int, dict]], path: Path) -> None:
         left.plot(xs, [r["s_per_iteration"] for _, r in pts], "o:", label=key)
         right.plot(xs, [r["student"] / r["s_per_iteration"] for _, r in pts], "o:", label=key)
     for name, r in series[next(iter(series))] if series else []:
-        note = name if r["batch"] == default_batch else f"{name} (batch {r['batch']}+{r['replay']})"
+        note = name if r["batch"] == default_batch else f"{name} (batch {r['batch']})"
         left.annotate(note, (r["gflops"]["teacher"], r["s_per_iteration"]), fontsize=7, rotation=20)
     for ax, ylabel in ((left, "seconds per iteration"), (right, "student KD samples per second")):
         ax.set(xscale="log", yscale="log", xlabel="teacher GFLOPs per sample (forward)", ylabel=ylabel)
@@ -486,7 +487,7 @@ def report(measured: list[tuple[str, str, int, dict]], args) -> dict:
                             "distillation's wall time over the same iterations (probe synthesis excluded, as in "
                             "the estimate)."),
         results.table("Teacher samples per iteration by part of the loop (forward / backward)",
-                      ["batch + replay", "teachers", *PARTS, "total"], passes_rows(measured),
+                      ["KD batch", "teachers", *PARTS, "total"], passes_rows(measured),
                       notes="Counted by hooks on the teacher over the timed iterations. Perturbation sizing: the "
                             "bisection that sizes the KD batch's noise and attack to the teacher (every "
                             "distill.eval_every iterations). Generator step: the "
