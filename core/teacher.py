@@ -592,7 +592,8 @@ def computes_convolution(model: nn.Module, input_shape: tuple[int, ...]) -> bool
     x = torch.zeros((2, *input_shape), device=device)
     with torch.no_grad(), _OpNames() as ops:
         model(x)
-    return any("conv" in name for name in ops.names)
+    # aten.convolution (eager, scripted), aten._convolution (traced) and their backends all name it so
+    return any("convolution" in name for name in ops.names)
 
 
 def load_teacher(cfg, weights: bool = True) -> tuple[nn.Module, TaskSpec]:
