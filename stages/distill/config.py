@@ -15,7 +15,7 @@ SYNTHESIZERS = ("adversarial", "meta", "conditional")
 # (docs/cli.md, "Removed settings").
 RETIRED = {"input_shift": 0, "input_mix": 0.0, "vae_features": False, "vae_prior_decay": 0.0,
            "vae_recon": "pixel+logits", "adversarial": "js",
-           "cosine_schedule": True, "class_phases": 0, "phase_cycles": 2}
+           "cosine_schedule": True, "class_phases": 0, "phase_cycles": 2, "memory_bytes": 4194304}
 
 
 @dataclass
