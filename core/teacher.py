@@ -585,10 +585,7 @@ class _OpNames(TorchDispatchMode):
 def computes_convolution(model: nn.Module, input_shape: tuple[int, ...]) -> bool:
     """Whether the (eval-mode) model convolves anywhere, from the operators one forward pass on a zero batch
     dispatches: a factory's modules, a TorchScript file and an exported program alike, whatever they call them."""
-    tensor = next(iter(model.parameters()), None)
-    if tensor is None:
-        tensor = next(iter(model.buffers()), None)
-    device = tensor.device if tensor is not None else torch.device("cpu")
+    device = next(iter(model.parameters()), torch.empty(0)).device
     x = torch.zeros((2, *input_shape), device=device)
     with torch.no_grad(), _OpNames() as ops:
         model(x)
