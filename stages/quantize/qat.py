@@ -154,11 +154,7 @@ class QuantizeResult:
 def _advanced_parameters():
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, QuantizationParameters
 
-    # Statistics per sample, as NNCF computes them for a batched DataLoader. Handed a list of batches, it would
-    # take each batch as one sample: activation ranges from the mean of a few batch extremes, too wide, and bias
-    # corrections from batch means. That cost some students points on real inputs that per-sample statistics kept.
-    return AdvancedQuantizationParameters(weights_quantization_params=QuantizationParameters(per_channel=True),
-                                          batchwise_statistics=True)
+    return AdvancedQuantizationParameters(weights_quantization_params=QuantizationParameters(per_channel=True))
 
 
 def force_signed(qmodel: nn.Module) -> int:
