@@ -181,9 +181,7 @@ def agreement_vs_accuracy(reports: list[dict]) -> list[list]:
     for name, v in pairs.items():
         if len(v) >= 3:
             a, b = np.array(v).T
-            # A constant agreement (1.0 throughout) correlates with nothing: say so rather than write NaN
-            r = round(float(np.corrcoef(a, b)[0, 1]), 3) if a.std() > 0 and b.std() > 0 else "- (agreement constant)"
-            out.append([name, len(v), r, round(float(np.mean(b - a)), 4)])
+            out.append([name, len(v), results.pearson(a, b), round(float(np.mean(b - a)), 4)])
     return out
 
 

@@ -80,9 +80,9 @@ def summary(rows: list[list], steps: list[int]) -> list[list]:
         mine = [r for r in rows if r[2] == n]
         errors = [abs(r[5]) for r in mine]
         agree, real = np.array([r[4] for r in mine]), np.array([r[3] / 100 for r in mine])
-        pearson = float(np.corrcoef(agree, real)[0, 1]) if len(mine) > 2 and agree.std() > 0 else float("nan")
+        pearson = results.pearson(agree, real) if len(mine) > 2 else "- (under 3 students)"
         out.append([n, len(mine), round(float(agree.min()), 4), round(max(errors), 4),
-                    round(statistics.mean(errors), 4), round(pearson, 3), round(statistics.mean(r[6] for r in mine), 1)])
+                    round(statistics.mean(errors), 4), pearson, round(statistics.mean(r[6] for r in mine), 1)])
     return out
 
 

@@ -16,10 +16,21 @@ import json
 import os
 import shlex
 import socket
+import statistics
 import sys
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def pearson(xs, ys, xs_name: str = "agreement", ys_name: str = "accuracy") -> float | str:
+    """Pearson r of two series as a table cell (3 decimals). Where one series never moves r is undefined, and NaN
+    is not JSON: the cell says which series was constant."""
+    xs, ys = [float(v) for v in xs], [float(v) for v in ys]
+    for name, series in ((xs_name, xs), (ys_name, ys)):
+        if len(set(series)) < 2:
+            return f"- ({name} constant)"
+    return round(statistics.correlation(xs, ys), 3)
 
 
 def table(title: str, columns: list[str], rows: list[list], notes: str | None = None) -> dict:

@@ -78,3 +78,14 @@ def test_write_then_check(tmp_path, monkeypatch):
     assert render.main(args) == 0
     assert render.main(["--check", *args]) == 0
     assert "| 1,234 |" in (tmp_path / "README.md").read_text()
+
+
+def test_pearson_cell_is_numpys_r_or_names_the_constant_series():
+    import numpy as np
+
+    a, b = [0.2, 0.5, 0.6, 0.9], [0.3, 0.4, 0.8, 0.85]
+    assert results.pearson(a, b) == round(float(np.corrcoef(a, b)[0, 1]), 3)
+    # A series that never moves (agreement 1.0 throughout) has no correlation; NaN would not be valid JSON.
+    assert results.pearson([1.0, 1.0, 1.0], [0.9, 0.92, 0.93]) == "- (agreement constant)"
+    assert results.pearson([0.1, 0.2, 0.3], [0.5, 0.5, 0.5]) == "- (accuracy constant)"
+    json.dumps(results.pearson([1.0, 1.0, 1.0], [0.9, 0.92, 0.93]), allow_nan=False)
