@@ -7,7 +7,8 @@ Run through `python benchmarks/quantize.py --peers`. Per model:
   training images (the upper bound a user holding data gets);
 - NNCF post-training quantization alone (the pipeline's settings, no QAT), on noise and on the samples;
 - NVIDIA Model Optimizer's ONNX INT8 PTQ (benchmarks/modelopt_ptq.py, in its own environment), likewise;
-- ours: NNCF PTQ then QAT by KD from the FP32 model itself, without and with the sensitivity step.
+- ours: NNCF PTQ then QAT by KD from the FP32 model itself, its input quantizer holding the pixel range of the
+  model's input contract, without and with the sensitivity step.
 
 Synthetic samples are data-free and drawn as stage 2 draws them: a distilled student is calibrated on its run's
 generator samples and fine-tuned on batches half VAE, half generator samples; a teacher's come from the generator
@@ -30,6 +31,7 @@ import shutil
 import subprocess
 import sys
 import time
+import tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -40,6 +42,7 @@ from torch import nn
 
 import results
 from core.evaluation import onnx_accuracy
+from core.teacher import TaskSpec
 from stages.distill.probes import synthesize_probes
 from stages.quantize.onnx_tidy import tidy_qdq
 from stages.quantize.samples import train_generator
@@ -69,6 +72,7 @@ class Case:
     x_train: torch.Tensor | None = None  # real images: the data-holding bound only
     x_test: torch.Tensor | None = None
     y_test: torch.Tensor | None = None
+    input_range: tuple[float, float] | None = None  # the pixel range its input contract gives (ours only uses it)
 
 
 # ---- the models --------------------------------------------------------------------------------------
@@ -98,21 +102,25 @@ def probes_of(teacher: nn.Module, shape, num_classes: int, per_class: int, seed:
     return synthesize_probes(teacher, shape, num_classes, per_class, steps=QUANTIZE_PROBE_STEPS, seed=seed + 777)[0]
 
 
-def teacher_case(name, model, shape, num_classes, split, cfg, seed) -> Case:
+def pixel_range(shape, mean: list[float], std: list[float]) -> tuple[float, float] | None:
+    return TaskSpec(tuple(shape), 10, None, list(mean), list(std), 1.0, "benchmark").pixel_range()
+
+
+def teacher_case(name, model, shape, num_classes, split, cfg, seed, norm) -> Case:
     model, q = frozen(model), cfg.quantize
     draw = model_samples(model, shape, num_classes, cfg, seed)
     probes = probes_of(model, shape, num_classes, max(8, cfg.distill.probe_per_class), seed)
     return Case(name, model, tuple(shape), num_classes, draw(q.calibration_samples), "model's generator",
-                lambda: draw(q.qat_batch), probes, *split)
+                lambda: draw(q.qat_batch), probes, *split, pixel_range(shape, *norm))
 
 
-def student_case(name, student, teacher, memory, generator, shape, split, cfg, seed) -> Case:
+def student_case(name, student, teacher, memory, generator, shape, split, cfg, seed, norm) -> Case:
     q = cfg.quantize
     teacher = frozen(teacher)
     sources = synthetic_sources(cfg, teacher, frozen(generator), memory.vae, shape, torch.device("cpu"))
     probes = probes_of(teacher, shape, 10, max(8, cfg.distill.probe_per_class), seed)
     return Case(name, frozen(student), tuple(shape), 10, sources["generator"](q.calibration_samples), "run's generator",
-                lambda: sources["mixed"](q.qat_batch), probes, *split)
+                lambda: sources["mixed"](q.qat_batch), probes, *split, pixel_range(shape, *norm))
 
 
 def digits_cases(cfg, seed: int, mnist_path: Path) -> list[Case]:
@@ -122,10 +130,10 @@ def digits_cases(cfg, seed: int, mnist_path: Path) -> list[Case]:
 
     _, teacher, student, generator, memory, shape, x_train, x_test, y_test = bench.distilled("digits", cfg.preset, seed,
                                                                                           mnist_path)
-    split = (x_train, x_test, y_test)
+    split, norm = (x_train, x_test, y_test), (digits.MEAN, digits.STD)
     return [student_case("digits student", student, teacher, memory, generator, shape, split,
-                         cfg, seed),
-            teacher_case("digits teacher", copy.deepcopy(teacher), shape, digits.NUM_CLASSES, split, cfg, seed)]
+                         cfg, seed, norm),
+            teacher_case("digits teacher", copy.deepcopy(teacher), shape, digits.NUM_CLASSES, split, cfg, seed, norm)]
 
 
 def zoo_cases(name: str, label: str, cfg, seed: int) -> list[Case]:
@@ -133,11 +141,13 @@ def zoo_cases(name: str, label: str, cfg, seed: int) -> list[Case]:
     (its bundle under benchmarks/.cache/distill-runs/), loaded as stage 2 loads it."""
     import quantize as bench
 
+    import zoo
+
     _, teacher, student, generator, memory, shape, x_train, x_test, y_test = bench.zoo_parts(name, 0)
-    split = (x_train, x_test, y_test)
+    split, norm = (x_train, x_test, y_test), ([zoo.ZOO[name].mean], [zoo.ZOO[name].std])
     return [student_case(f"{label} student", student, teacher, memory, generator, shape,
-                         split, cfg, seed),
-            teacher_case(f"{label} teacher", copy.deepcopy(teacher), shape, 10, split, cfg, seed)]
+                         split, cfg, seed, norm),
+            teacher_case(f"{label} teacher", copy.deepcopy(teacher), shape, 10, split, cfg, seed, norm)]
 
 
 def bn_cnn_case(cfg, seed: int) -> Case:
@@ -147,7 +157,8 @@ def bn_cnn_case(cfg, seed: int) -> Case:
     entry = zoo.ZOO["bn_cnn"]
     teacher, _ = entry.train()
     x_train, x_test, _, y_test = entry.split()
-    return teacher_case("BN CNN teacher (MNIST)", teacher, entry.input_shape, 10, (x_train, x_test, y_test), cfg, seed)
+    return teacher_case("BN CNN teacher (MNIST)", teacher, entry.input_shape, 10, (x_train, x_test, y_test), cfg, seed,
+                        ([entry.mean], [entry.std]))
 
 
 def _example(name: str, models=None):
@@ -185,7 +196,9 @@ def image_teacher_case(cfg, seed: int) -> Case:
     x_tr, x_te, _, y_te = train.image_data()
     norm = train.normaliser(EXAMPLE / "image.toml", 3)
     split = (norm(x_tr), norm(x_te), torch.as_tensor(y_te, dtype=torch.long))
-    return teacher_case("image teacher (example)", model, (3, 16, 16), 10, split, cfg, seed)
+    contract = tomllib.loads((EXAMPLE / "image.toml").read_text())["teacher"]
+    return teacher_case("image teacher (example)", model, (3, 16, 16), 10, split, cfg, seed,
+                        (contract["mean"], contract["std"]))
 
 
 def resnet18_case(seed: int, n: int) -> Case:
@@ -233,13 +246,15 @@ def modelopt(fp32: Path, calib: torch.Tensor, out: Path, python: Path) -> Path:
     return out
 
 
-def ours(case: Case, calib: torch.Tensor, q, kd: tuple[str, float], out: Path, probes: torch.Tensor | None = None
-         ) -> tuple[Path, str | None]:
-    """NNCF PTQ (`q.qat_steps` 0) or PTQ + QAT with the FP32 model as its own teacher; with `probes` and
-    `q.max_drop`, the sensitivity step, and then how many layers it kept in float."""
+def ours(case: Case, calib: torch.Tensor, q, kd: tuple[str, float], out: Path, probes: torch.Tensor | None = None,
+         own: bool = True) -> tuple[Path, str | None]:
+    """Ours: PTQ + QAT with the FP32 model as its own teacher, the input holding the contract's pixel range; with
+    `probes` and `q.max_drop`, the sensitivity step, and then how many layers it kept in float. `own` False:
+    NNCF's PTQ as it comes (`q.qat_steps` 0), the peer."""
     example = torch.randn(1, *case.shape)
     res = quantize(case.model, case.model, batches_of(calib, q.qat_batch), case.qat_batch, q, SCHEME, case.source,
-                   example, kd_loss=kd[0], kd_temperature=kd[1], probes=probes)
+                   example, kd_loss=kd[0], kd_temperature=kd[1], probes=probes,
+                   input_range=case.input_range if own else None)
     export_onnx(res.model, out, example)
     tidy_qdq(out)
     sens = res.sensitivity
@@ -278,13 +293,13 @@ def methods(case: Case, q, kd, max_drop: float, python: Path | None, seed: int):
     rows = []
     if case.x_test is None:  # latency only: one calibration, no QAT (it changes values, not the graph)
         rows += [("ORT quantize_static", "noise", lambda p: ort_static(fp32, noise, p)),
-                 ("NNCF PTQ (= ours' graph)", "noise", lambda p: ours(case, noise, ptq, kd, p))]
+                 ("NNCF PTQ (= ours' graph)", "noise", lambda p: ours(case, noise, ptq, kd, p, own=False))]
         if python:
             rows.append(("Model Optimizer PTQ", "noise", lambda p: modelopt(fp32, noise, p, python)))
         return fp32, rows
     for label, calib in (("noise", noise), (case.source, case.calib)):
         rows += [("ORT quantize_static", label, lambda p, c=calib: ort_static(fp32, c, p)),
-                 ("NNCF PTQ", label, lambda p, c=calib: ours(case, c, ptq, kd, p))]
+                 ("NNCF PTQ", label, lambda p, c=calib: ours(case, c, ptq, kd, p, own=False))]
         if python:
             rows.append(("Model Optimizer PTQ", label, lambda p, c=calib: modelopt(fp32, c, p, python)))
     real = case.x_train[torch.randperm(len(case.x_train), generator=torch.Generator().manual_seed(seed))[:len(case.calib)]]
@@ -456,7 +471,8 @@ def run(args, command: str) -> dict:
                       notes=f"Model Optimizer: {mo_note}. `noise` is random normal inputs in the model's normalised "
                             "input space; `real train images` is the data-holding user's bound, which the pipeline "
                             "never has. Ours is the mobile target's scheme; QAT is 150 steps of KD from the FP32 "
-                            "model itself. ResNet-18 has random weights: latency and size only."),
+                            "model itself; its input quantizer holds the pixel range of the model's input contract. "
+                            "ResNet-18 has random weights: latency and size only."),
         results.table("Ours against FP32 and the peers (accuracy points; ours = PTQ + QAT)", SUMMARY, summary,
                       notes=verdicts(summary)),
         results.table("Sensitivity ranking (synthetic probes) against the truth (real test split): the top- and "

@@ -69,6 +69,7 @@ _QUANT_LABELS = {
     "scheme": "Q/DQ scheme",
     "calibration_source": "Calibration source",
     "calibration_samples": "Calibration samples",
+    "input_range": "INT8 input holds (the pixel range)",
     "qat_steps": "QAT steps",
     "num_quantizers": "Quantizers",
     "int8_fp32_agreement": "INT8 vs FP32 agreement",

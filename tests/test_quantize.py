@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from onnx import numpy_helper
 from torch import nn
 
 from pipeline.config import QuantizeConfig
@@ -151,3 +153,29 @@ def test_fine_tuning_batches_mix_vae_and_generator_samples_and_fall_back_to_the_
     assert from_generator(batch).sum() == 9  # half VAE (rounded down), half generator
     sources = synthetic_sources(cfg, teacher, generator, None, shape, torch.device("cpu"))
     assert from_generator(sources["mixed"](16)).all()
+
+
+def test_the_input_quantizer_holds_the_pixel_range_the_calibration_samples_miss(tmp_path):
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(288, 10)).eval()
+    calib = [torch.randn(32, 1, 8, 8, generator=torch.Generator().manual_seed(i)).clamp(-1, 1) for i in range(2)]
+    # Real inputs reach 3.0 where every calibration sample stops at 1.0 (MNIST's ink against generator samples).
+    real = (torch.rand(256, 1, 8, 8, generator=torch.Generator().manual_seed(9)) * 3.5 - 0.5).clamp(-0.5, 3.0)
+    with torch.no_grad():
+        expected = model(real).numpy()
+
+    def quantized(input_range):
+        # QAT at a high rate on the clipped samples alone: a widened input range must survive it.
+        res = quantize(model, model, calib, lambda: calib[0], QuantizeConfig(qat_steps=20, qat_lr=1e-2), "tensorrt",
+                       "noise", torch.randn(1, 1, 8, 8), input_range=input_range)
+        path = export_onnx(res.model, tmp_path / f"{input_range is not None}.onnx", torch.randn(1, 1, 8, 8))
+        out = ort.InferenceSession(str(path)).run(None, {"input": real.numpy()})[0]
+        graph = onnx.load(str(path)).graph
+        first = next(n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "input")
+        scale = next(numpy_helper.to_array(i) for i in graph.initializer if i.name == first.input[1])
+        return np.abs(out - expected).mean(), float(scale) * 127
+
+    clipped_error, clipped_top = quantized(None)
+    error, top = quantized((-0.5, 3.0))
+    assert clipped_top < 1.5 and top >= 2.95
+    assert error < 0.5 * clipped_error

@@ -18,7 +18,7 @@ from torch import nn
 from pipeline.config import load_config
 from core.errors import UsageError
 from pipeline.run import run_all
-from core.teacher import ProgramTeacher, computes_convolution, has_batchnorm, load_program, load_teacher
+from core.teacher import ProgramTeacher, TaskSpec, computes_convolution, has_batchnorm, load_program, load_teacher
 from core.ui import Console
 from tests.conftest import onnx_test_accuracy
 from stages.distill.criteria import BNStatistics, PenultimateFeatures
@@ -327,3 +327,12 @@ def test_eval_npz_is_normalised_per_channel_and_checked(tmp_path):
     cfg.write_text('[eval]\nfile = "ok.npz"\n')
     with pytest.raises(UsageError, match=r"\[eval\] takes one key"):
         load_config(cfg)
+
+
+def test_pixel_range_follows_the_input_contract_for_images_only():
+    mnist = TaskSpec((1, 28, 28), 10, None, [0.1307], [0.3081], 1 / 255, "test")
+    low, high = mnist.pixel_range()
+    assert low == pytest.approx(-0.4242, abs=1e-4) and high == pytest.approx(2.8215, abs=1e-4)
+    rgb = TaskSpec((3, 32, 32), 10, None, [0.5, 0.4, 0.3], [0.25, 0.5, 0.2], 1 / 255, "test")
+    assert rgb.pixel_range() == pytest.approx((-2.0, 3.5))  # channel 0 sets the low end, channel 2 the high
+    assert TaskSpec((30,), 2, None, [0.0], [1.0], 1.0, "test").pixel_range() is None

@@ -173,16 +173,65 @@ def force_signed(qmodel: nn.Module) -> int:
     return changed
 
 
-def quantizer_parameters(qmodel: nn.Module) -> list[nn.Parameter]:
-    """The trainable ranges (scales, or low and range) of every quantizer NNCF inserted."""
+def quantizer_parameters(qmodel: nn.Module, fixed: list[nn.Module] = ()) -> list[nn.Parameter]:
+    """The trainable ranges (scales, or low and range) of every quantizer NNCF inserted, but the `fixed` ones."""
     from nncf.torch.quantization.layers import BaseQuantizer
 
-    return [p for m in qmodel.modules() if isinstance(m, BaseQuantizer) for p in m.parameters() if p.requires_grad]
+    return [p for m in qmodel.modules() if isinstance(m, BaseQuantizer) and not any(m is f for f in fixed)
+            for p in m.parameters() if p.requires_grad]
+
+
+def input_quantizers(qmodel: nn.Module, example_input: torch.Tensor) -> list[nn.Module]:
+    """The quantizers that read the model's input itself (or a view of it), found by one forward pass."""
+    from nncf.torch.quantization.layers import BaseQuantizer
+
+    x = example_input.clone()
+    found: list[nn.Module] = []
+
+    def seen(module, args):
+        if args and isinstance(args[0], torch.Tensor) and args[0].data_ptr() == x.data_ptr() and module not in found:
+            found.append(module)
+
+    hooks = [m.register_forward_pre_hook(seen) for m in qmodel.modules() if isinstance(m, BaseQuantizer)]
+    was_training = qmodel.training
+    try:
+        with torch.no_grad():
+            qmodel.eval()(x)
+    finally:
+        qmodel.train(was_training)
+        for h in hooks:
+            h.remove()
+    return found
+
+
+def cover_input_range(qmodel: nn.Module, example_input: torch.Tensor, low: float, high: float) -> list[nn.Module]:
+    """Widen the input's quantizers to hold [low, high], the range the input contract gives. Synthetic samples
+    rarely reach the extremes real inputs take (MNIST's ink at 2.82), and an input range calibrated on them
+    clips those pixels in every real image. Returns the quantizers widened."""
+    from nncf.torch.quantization.layers import AsymmetricQuantizer, SymmetricQuantizer
+
+    widened = []
+    with torch.no_grad():
+        for q in input_quantizers(qmodel, example_input):
+            if isinstance(q, SymmetricQuantizer):
+                need = torch.tensor(max(-low, high) if q.signed else high, dtype=q.scale.dtype)
+                if bool((q.scale < need).any()):
+                    q.scale = torch.nn.Parameter(torch.maximum(q.scale.detach(), need), requires_grad=True)
+                    widened.append(q)
+            elif isinstance(q, AsymmetricQuantizer):
+                lo, hi = q.input_low.detach(), q.input_low.detach() + q.input_range.detach().abs()
+                new_lo, new_hi = torch.clamp(lo, max=low), torch.clamp(hi, min=high)
+                if bool((new_lo < lo).any() or (new_hi > hi).any()):
+                    q.input_low.copy_(new_lo)
+                    q.input_range.copy_(new_hi - new_lo)
+                    widened.append(q)
+    return widened
 
 
 def calibrate(folded: nn.Module, calibration_batches: list[torch.Tensor], cfg: QuantizeConfig, scheme: str,
-              ignored: list[str] | None = None) -> nn.Module:
-    """NNCF's post-training quantization of the BN-folded model in `scheme`, the `ignored` layers left in float."""
+              ignored: list[str] | None = None, input_range: tuple[float, float] | None = None) -> nn.Module:
+    """NNCF's post-training quantization of the BN-folded model in `scheme`, the `ignored` layers left in float;
+    with `input_range`, the input's quantizers hold at least that range (cover_input_range)."""
     import nncf
 
     n_calib = sum(len(b) for b in calibration_batches)
@@ -198,12 +247,15 @@ def calibrate(folded: nn.Module, calibration_batches: list[torch.Tensor], cfg: Q
             raise RunError(f"quantize: NNCF could not quantize the student: {str(exc).splitlines()[0][:200]}") from exc
     if scheme == "tensorrt":
         force_signed(qmodel)
+    if input_range is not None:
+        cover_input_range(qmodel, calibration_batches[0][:1], *input_range)
     return qmodel
 
 
 def _sensitive_layers_in_float(qmodel: nn.Module, folded: nn.Module, calibration_batches: list[torch.Tensor],
                                cfg: QuantizeConfig, scheme: str, example_input: torch.Tensor,
-                               probes: torch.Tensor) -> tuple[nn.Module, dict]:
+                               probes: torch.Tensor, input_range: tuple[float, float] | None
+                               ) -> tuple[nn.Module, dict]:
     """Rank the layers by sensitivity on `probes`; with `cfg.max_drop`, quantize again without the most
     sensitive ones. Returns the model to fine-tune and the sensitivity summary."""
     layers = find_layers(qmodel, folded, example_input)
@@ -215,7 +267,7 @@ def _sensitive_layers_in_float(qmodel: nn.Module, folded: nn.Module, calibration
         expand = whole_units if scheme == "onnxruntime" else None
         kept, estimated = keep_in_float(qmodel, layers, ranking, probes, cfg.max_drop, expand)
         if kept:
-            qmodel = calibrate(folded, calibration_batches, cfg, scheme, kept)
+            qmodel = calibrate(folded, calibration_batches, cfg, scheme, kept, input_range)
     summary = {"ranking": [s.to_json() for s in ranking], "max_drop": cfg.max_drop, "kept_float": kept,
                "estimated_drop_points": estimated}
     return qmodel, summary
@@ -224,9 +276,12 @@ def _sensitive_layers_in_float(qmodel: nn.Module, folded: nn.Module, calibration
 def quantize(student: nn.Module, teacher: nn.Module, calibration_batches: list[torch.Tensor],
              qat_batch: Callable[[], torch.Tensor], cfg: QuantizeConfig, scheme: str, calibration: str,
              example_input: torch.Tensor, kd_loss: str = "l1", kd_temperature: float = 1.0,
-             progress: Callable[[int], None] | None = None, probes: torch.Tensor | None = None) -> QuantizeResult:
+             progress: Callable[[int], None] | None = None, probes: torch.Tensor | None = None,
+             input_range: tuple[float, float] | None = None) -> QuantizeResult:
     """Quantize `student` for `scheme` on synthetic batches; fine-tune by KD from the teacher. With `probes`,
-    rank the layers by sensitivity and keep the most sensitive in float as `cfg.max_drop` asks."""
+    rank the layers by sensitivity and keep the most sensitive in float as `cfg.max_drop` asks. With
+    `input_range` (what the input contract lets real inputs span), the input's quantizers hold it and
+    fine-tuning leaves them there: synthetic samples would pull them back in."""
     import nncf
 
     if scheme not in SUPPORTED_SCHEMES:
@@ -237,17 +292,18 @@ def quantize(student: nn.Module, teacher: nn.Module, calibration_batches: list[t
     use_reference_quantizer()
     logging.getLogger("nncf").setLevel(logging.ERROR)
     folded = fold_batchnorm(student)
-    qmodel = calibrate(folded, calibration_batches, cfg, scheme)
+    qmodel = calibrate(folded, calibration_batches, cfg, scheme, input_range=input_range)
     sensitivity = None
     if probes is not None:
         qmodel, sensitivity = _sensitive_layers_in_float(qmodel, folded, calibration_batches, cfg, scheme,
-                                                         example_input, probes)
+                                                         example_input, probes, input_range)
+    fixed = input_quantizers(qmodel, example_input) if input_range is not None else []
     # Quantization-aware fine-tuning: the teacher is the only label source. Only the quantizers' ranges move:
     # weights fitted further to synthetic samples drifted from what the student does on real inputs.
     losses: list[float] = []
     if cfg.qat_steps:
         qmodel.train()
-        opt = torch.optim.Adam(quantizer_parameters(qmodel), lr=cfg.qat_lr)
+        opt = torch.optim.Adam(quantizer_parameters(qmodel, fixed), lr=cfg.qat_lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.qat_steps)
         for step in range(cfg.qat_steps):
             x = qat_batch()

@@ -91,7 +91,7 @@ def stage_quantize(cfg, out: Path, console: Console, scheme: str) -> dict:
     with console.progress("quantize (QAT)", q.qat_steps) as advance:
         result = quantize(student.cpu(), teacher_cpu, batches, qat_batch, q, scheme, calibration, example,
                           kd_loss=cfg.distill.kd_loss, kd_temperature=cfg.distill.kd_temperature,
-                          progress=lambda step: advance(step, {}), probes=probes)
+                          progress=lambda step: advance(step, {}), probes=probes, input_range=spec.pixel_range())
     fp32_path = export_onnx(result.folded_fp32, out / wd.FP32_ONNX, example, cfg.export.opset)
     int8_path = export_onnx(result.model, out / wd.INT8_ONNX, example, cfg.export.opset)
     qdq = qdq_summary(int8_path)
@@ -101,6 +101,7 @@ def stage_quantize(cfg, out: Path, console: Console, scheme: str) -> dict:
         "scheme": scheme,
         "calibration_source": calibration,
         "calibration_samples": result.calibration_samples,
+        "input_range": None if spec.pixel_range() is None else [round(v, 4) for v in spec.pixel_range()],
         "qat_steps": result.qat_steps,
         "qat_final_loss": result.qat_losses[-1] if result.qat_losses else None,
         "num_quantizers": qdq["dequantize_linear"],
