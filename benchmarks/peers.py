@@ -5,10 +5,11 @@ Run through `python benchmarks/quantize.py --peers`. Per model:
 - ONNX Runtime `quantize_static` at its defaults (QDQ, per-tensor int8, MinMax calibration) on random
   normal inputs (what a user without data gets today), on our synthetic samples, and on the task's real
   training images (the upper bound a user holding data gets);
-- NNCF post-training quantization alone (the pipeline's settings, no QAT), on noise and on the samples;
+- NNCF post-training quantization as it comes (its bias correction on; the pipeline's scheme, no QAT), on noise
+  and on the samples;
 - NVIDIA Model Optimizer's ONNX INT8 PTQ (benchmarks/modelopt_ptq.py, in its own environment), likewise;
-- ours: NNCF PTQ then QAT by KD from the FP32 model itself, its input quantizer holding the pixel range of the
-  model's input contract, without and with the sensitivity step.
+- ours: NNCF PTQ without its bias correction, then QAT by KD from the FP32 model itself, its input quantizer holding
+  the pixel range of the model's input contract, without and with the sensitivity step.
 
 Synthetic samples are data-free and drawn as stage 2 draws them: a distilled student is calibrated on its run's
 generator samples and fine-tuned on batches half VAE, half generator samples; a teacher's come from the generator
@@ -246,15 +247,24 @@ def modelopt(fp32: Path, calib: torch.Tensor, out: Path, python: Path) -> Path:
     return out
 
 
-def ours(case: Case, calib: torch.Tensor, q, kd: tuple[str, float], out: Path, probes: torch.Tensor | None = None,
-         own: bool = True) -> tuple[Path, str | None]:
+def nncf_ptq(case: Case, calib: torch.Tensor, q, out: Path) -> Path:
+    """NNCF's post-training quantization as it comes (its bias correction on) in the pipeline's scheme."""
+    import nncf
+
+    example = torch.randn(1, *case.shape)
+    qmodel = calibrate(fold_batchnorm(case.model), batches_of(calib, q.qat_batch), q, SCHEME, bias_correction=True)
+    export_onnx(nncf.strip(qmodel.eval(), example_input=example), out, example)
+    tidy_qdq(out)
+    return out
+
+
+def ours(case: Case, calib: torch.Tensor, q, kd: tuple[str, float], out: Path, probes: torch.Tensor | None = None
+         ) -> tuple[Path, str | None]:
     """Ours: PTQ + QAT with the FP32 model as its own teacher, the input holding the contract's pixel range; with
-    `probes` and `q.max_drop`, the sensitivity step, and then how many layers it kept in float. `own` False:
-    NNCF's PTQ as it comes (`q.qat_steps` 0), the peer."""
+    `probes` and `q.max_drop`, the sensitivity step, and then how many layers it kept in float."""
     example = torch.randn(1, *case.shape)
     res = quantize(case.model, case.model, batches_of(calib, q.qat_batch), case.qat_batch, q, SCHEME, case.source,
-                   example, kd_loss=kd[0], kd_temperature=kd[1], probes=probes,
-                   input_range=case.input_range if own else None)
+                   example, kd_loss=kd[0], kd_temperature=kd[1], probes=probes, input_range=case.input_range)
     export_onnx(res.model, out, example)
     tidy_qdq(out)
     sens = res.sensitivity
@@ -288,18 +298,17 @@ def methods(case: Case, q, kd, max_drop: float, python: Path | None, seed: int):
     """(method, calibration, thunk writing the INT8 ONNX to a path) for every row of one model."""
     fp32 = WORK / f"{slug(case.name)}-fp32.onnx"
     noise = torch.randn(len(case.calib), *case.shape, generator=torch.Generator().manual_seed(seed))
-    ptq = replace(q, qat_steps=0)
     sens = replace(q, max_drop=max_drop)
     rows = []
     if case.x_test is None:  # latency only: one calibration, no QAT (it changes values, not the graph)
         rows += [("ORT quantize_static", "noise", lambda p: ort_static(fp32, noise, p)),
-                 ("NNCF PTQ (= ours' graph)", "noise", lambda p: ours(case, noise, ptq, kd, p, own=False))]
+                 ("NNCF PTQ (= ours' graph)", "noise", lambda p: nncf_ptq(case, noise, q, p))]
         if python:
             rows.append(("Model Optimizer PTQ", "noise", lambda p: modelopt(fp32, noise, p, python)))
         return fp32, rows
     for label, calib in (("noise", noise), (case.source, case.calib)):
         rows += [("ORT quantize_static", label, lambda p, c=calib: ort_static(fp32, c, p)),
-                 ("NNCF PTQ", label, lambda p, c=calib: ours(case, c, ptq, kd, p, own=False))]
+                 ("NNCF PTQ", label, lambda p, c=calib: nncf_ptq(case, c, q, p))]
         if python:
             rows.append(("Model Optimizer PTQ", label, lambda p, c=calib: modelopt(fp32, c, p, python)))
     real = case.x_train[torch.randperm(len(case.x_train), generator=torch.Generator().manual_seed(seed))[:len(case.calib)]]

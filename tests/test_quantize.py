@@ -13,7 +13,7 @@ from torch import nn
 from pipeline.config import QuantizeConfig
 from stages.distill.networks import build_student
 from stages.quantize.onnx_tidy import tidy_qdq
-from stages.quantize.qat import count_batchnorm, export_onnx, fold_batchnorm, qdq_summary, quantize
+from stages.quantize.qat import calibrate, count_batchnorm, export_onnx, fold_batchnorm, qdq_summary, quantize
 from targets.check import check_model, fuse_report
 
 SPEC = {"family": "conv", "shape": [1, 8, 8], "num_classes": 10, "widths": [8, 16, 32]}
@@ -179,3 +179,19 @@ def test_the_input_quantizer_holds_the_pixel_range_the_calibration_samples_miss(
     error, top = quantized((-0.5, 3.0))
     assert clipped_top < 1.5 and top >= 2.95
     assert error < 0.5 * clipped_error
+
+
+def test_calibration_leaves_the_float_biases_as_they_are(models):
+    _, student = models
+    folded = fold_batchnorm(student)
+    calib = [torch.randn(32, 1, 8, 8, generator=torch.Generator().manual_seed(i)) * 2 + 0.5 for i in range(2)]
+    biases = {k: v for k, v in folded.named_parameters() if k.endswith("bias")}
+
+    def shifted(bias_correction):
+        qmodel = calibrate(folded, calib, QuantizeConfig(), "onnxruntime", bias_correction=bias_correction)
+        after = {k: v for k, v in qmodel.named_parameters() if k.endswith("bias")}
+        assert after.keys() == biases.keys()
+        return [k for k in biases if not torch.equal(after[k], biases[k])]
+
+    assert shifted(False) == []
+    assert shifted(True)  # NNCF's own default moves them: what stage 2 leaves out

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from core.settings import setting
 
 # Settings earlier versions had, with the value at which they did what this version does (as distill's RETIRED).
-RETIRED = {"fast_bias_correction": True, "calibration": "generator"}
+RETIRED = {"fast_bias_correction": False, "calibration": "generator"}
 
 
 @dataclass
