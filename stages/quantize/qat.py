@@ -205,28 +205,23 @@ def input_quantizers(qmodel: nn.Module, example_input: torch.Tensor) -> list[nn.
     return found
 
 
-def cover_input_range(qmodel: nn.Module, example_input: torch.Tensor, low: float, high: float) -> list[nn.Module]:
+def cover_input_range(qmodel: nn.Module, example_input: torch.Tensor, low: float, high: float) -> None:
     """Widen the input's quantizers to hold [low, high], the range the input contract gives. Synthetic samples
     rarely reach the extremes real inputs take (MNIST's ink at 2.82), and an input range calibrated on them
-    clips those pixels in every real image. Returns the quantizers widened."""
+    clips those pixels in every real image."""
     from nncf.torch.quantization.layers import AsymmetricQuantizer, SymmetricQuantizer
 
-    widened = []
     with torch.no_grad():
         for q in input_quantizers(qmodel, example_input):
             if isinstance(q, SymmetricQuantizer):
                 need = torch.tensor(max(-low, high) if q.signed else high, dtype=q.scale.dtype)
                 if bool((q.scale < need).any()):
                     q.scale = torch.nn.Parameter(torch.maximum(q.scale.detach(), need), requires_grad=True)
-                    widened.append(q)
             elif isinstance(q, AsymmetricQuantizer):
                 lo, hi = q.input_low.detach(), q.input_low.detach() + q.input_range.detach().abs()
                 new_lo, new_hi = torch.clamp(lo, max=low), torch.clamp(hi, min=high)
-                if bool((new_lo < lo).any() or (new_hi > hi).any()):
-                    q.input_low.copy_(new_lo)
-                    q.input_range.copy_(new_hi - new_lo)
-                    widened.append(q)
-    return widened
+                q.input_low.copy_(new_lo)
+                q.input_range.copy_(new_hi - new_lo)
 
 
 def calibrate(folded: nn.Module, calibration_batches: list[torch.Tensor], cfg: QuantizeConfig, scheme: str,

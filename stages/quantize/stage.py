@@ -88,10 +88,11 @@ def stage_quantize(cfg, out: Path, console: Console, scheme: str) -> dict:
     probes, labels = synthesize_probes(teacher_cpu, spec.input_shape, spec.num_classes,
                                        max(8, cfg.distill.probe_per_class), steps=QUANTIZE_PROBE_STEPS,
                                        seed=cfg.seed + 777)
+    pixels = spec.pixel_range()
     with console.progress("quantize (QAT)", q.qat_steps) as advance:
         result = quantize(student.cpu(), teacher_cpu, batches, qat_batch, q, scheme, calibration, example,
                           kd_loss=cfg.distill.kd_loss, kd_temperature=cfg.distill.kd_temperature,
-                          progress=lambda step: advance(step, {}), probes=probes, input_range=spec.pixel_range())
+                          progress=lambda step: advance(step, {}), probes=probes, input_range=pixels)
     fp32_path = export_onnx(result.folded_fp32, out / wd.FP32_ONNX, example, cfg.export.opset)
     int8_path = export_onnx(result.model, out / wd.INT8_ONNX, example, cfg.export.opset)
     qdq = qdq_summary(int8_path)
@@ -101,7 +102,7 @@ def stage_quantize(cfg, out: Path, console: Console, scheme: str) -> dict:
         "scheme": scheme,
         "calibration_source": calibration,
         "calibration_samples": result.calibration_samples,
-        "input_range": None if spec.pixel_range() is None else [round(v, 4) for v in spec.pixel_range()],
+        "input_range": None if pixels is None else [round(v, 4) for v in pixels],
         "qat_steps": result.qat_steps,
         "qat_final_loss": result.qat_losses[-1] if result.qat_losses else None,
         "num_quantizers": qdq["dequantize_linear"],
