@@ -43,7 +43,7 @@ from torch import nn
 
 import results
 from core.evaluation import onnx_accuracy
-from core.teacher import TaskSpec
+from core.teacher import pixel_range
 from stages.distill.probes import synthesize_probes
 from stages.quantize.onnx_tidy import tidy_qdq
 from stages.quantize.samples import train_generator
@@ -103,10 +103,6 @@ def probes_of(teacher: nn.Module, shape, num_classes: int, per_class: int, seed:
     return synthesize_probes(teacher, shape, num_classes, per_class, steps=QUANTIZE_PROBE_STEPS, seed=seed + 777)[0]
 
 
-def pixel_range(shape, mean: list[float], std: list[float]) -> tuple[float, float] | None:
-    return TaskSpec(tuple(shape), 10, None, list(mean), list(std), 1.0, "benchmark").pixel_range()
-
-
 def teacher_case(name, model, shape, num_classes, split, cfg, seed, norm) -> Case:
     model, q = frozen(model), cfg.quantize
     draw = model_samples(model, shape, num_classes, cfg, seed)
@@ -141,7 +137,6 @@ def zoo_cases(name: str, label: str, cfg, seed: int) -> list[Case]:
     """A zoo MNIST teacher and the student `benchmarks/distill.py --teachers <name>` distilled from it at seed 0
     (its bundle under benchmarks/.cache/distill-runs/), loaded as stage 2 loads it."""
     import quantize as bench
-
     import zoo
 
     _, teacher, student, generator, memory, shape, x_train, x_test, y_test = bench.zoo_parts(name, 0)

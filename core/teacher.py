@@ -45,13 +45,17 @@ class TaskSpec:
         return len(self.input_shape) == 3
 
     def pixel_range(self) -> tuple[float, float] | None:
-        """The model-input range an image's pixels span, raw * scale lying in [0, 1] as for 8-bit pixels with scale
-        1/255: [(0 - mean) / std, (1 - mean) / std] over the channels. None for vectors: features have no bound."""
-        if not self.is_image:
-            return None
-        channels = max(len(self.mean), len(self.std))
-        pairs = [(self.mean[i % len(self.mean)], self.std[i % len(self.std)]) for i in range(channels)]
-        return min(-m / s for m, s in pairs), max((1 - m) / s for m, s in pairs)
+        return pixel_range(self.input_shape, self.mean, self.std)
+
+
+def pixel_range(shape: tuple[int, ...], mean: list[float], std: list[float]) -> tuple[float, float] | None:
+    """The model-input range an image's pixels span, raw * scale lying in [0, 1] as for 8-bit pixels with scale
+    1/255: [(0 - mean) / std, (1 - mean) / std] over the channels. None for vectors: features have no bound."""
+    if len(shape) != 3:
+        return None
+    channels = max(len(mean), len(std))
+    pairs = [(mean[i % len(mean)], std[i % len(std)]) for i in range(channels)]
+    return min(-m / s for m, s in pairs), max((1 - m) / s for m, s in pairs)
 
 
 _WARNED: set[str] = set()
