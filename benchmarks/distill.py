@@ -141,14 +141,14 @@ def requantize_kept(out: Path, old: dict) -> dict:
 
 def row_of(name: str, synthesizer: str, replay: str, seed: int, rep: dict) -> list:
     if "error" in rep:
-        return [name, synthesizer, replay, seed, None, None, None, None, None, rep["error"][:60], None, None,
+        return [name, synthesizer, replay, seed, None, None, None, None, None, rep["error"][:60], None, None, None,
                 round(rep["wall_s"]), _distilled_by(rep)]
     acc, dist = rep["accuracy"], rep["distillation"]
     ratio = acc["student_int8"] / acc["teacher"]
     return [name, synthesizer, replay, seed, _pct(acc["teacher"]), _pct(acc["student_fp32"]), _pct(acc["student_int8"]),
             round(ratio, 4), round(dist["history"][-1]["agreement"], 4), dist.get("stopped_by"),
-            (dist.get("estimate") or {}).get("estimated_s"), round(dist["wall_s"]), round(rep["wall_s"]),
-            _distilled_by(rep)]
+            (dist.get("estimate") or {}).get("estimated_s"), round(dist["wall_s"]),
+            None if dist.get("probes_s") is None else round(dist["probes_s"]), round(rep["wall_s"]), _distilled_by(rep)]
 
 
 def _distilled_by(rep: dict) -> str:
@@ -248,7 +248,7 @@ def main() -> None:
 
 
 COLUMNS = ["teacher", "synthesizer", "replay", "seed", "teacher %", "FP32 %", "INT8 %", "INT8 / teacher",
-           "probe agreement", "stopped by", "estimated s", "distill s", "total s", "distilled by"]
+           "probe agreement", "stopped by", "estimated s", "distill s", "probes s", "total s", "distilled by"]
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ Report schema (every section is optional; a report with only some keys still ren
         "history": [{"step": int, "agreement": float 0..1, "accuracy": float | null,
                      "reach": float 0..1}, ...],  # reach: the fraction of the set KD-batch perturbation used
         "replay": str,                    # replay mode, e.g. "vae" or "none"
-        "replay_memory_bytes": int, "steps": int, "wall_s": float
+        "replay_memory_bytes": int, "steps": int, "wall_s": float,
+        "probes_s": float                 # the probe set's synthesis, before the loop's clock starts
       },
       "quantization": {
         "calibration_source": str, "num_quantizers": int, "int8_fp32_agreement": float 0..1,
@@ -304,10 +305,11 @@ def sections(report: dict) -> list[Section]:
         reach = hist[-1].get("reach") if hist else None
         row += [str(dist.get("stopped_by") or "—"),
                 f"{_f(est.get('estimated_s'), 0)} s" if _num(est.get("estimated_s")) else "—",
+                f"{_f(dist.get('probes_s'), 1)} s" if _num(dist.get("probes_s")) else "—",
                 _f(reach) if _num(reach) else "—", _verdict(dist)]
         out.append(Section("Distillation", ["Steps", "Replay", "Replay memory", "Wall time", "Final agreement",
-                                            "Stopped by", "Estimated time", "KD batch perturbation (of set size)",
-                                            "Converged"], [row],
+                                            "Stopped by", "Estimated time", "Probe synthesis (before the clock)",
+                                            "KD batch perturbation (of set size)", "Converged"], [row],
                            plot="distillation" if hist else None))
 
     quant = _dict(report, "quantization")

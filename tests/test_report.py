@@ -30,6 +30,7 @@ def _report() -> dict:
             "replay_memory_bytes": 1_234_567,
             "steps": 100,
             "wall_s": 42.5,
+            "probes_s": 7.5,
         },
         "quantization": {"calibration_source": "generator samples", "num_quantizers": 14, "int8_fp32_agreement": 0.9875, "preset": "performance"},
         "latency": [
@@ -133,7 +134,8 @@ def test_markdown_tables(tmp_path):
     assert "| Student INT8 | not evaluated | — |" in md
     assert "| student-int8.onnx | onnxruntime | CPU | 1 | 1 | 0.210 |" in md
     assert "| INT8 vs FP32 agreement | 98.75% |" in md
-    assert "| Estimated time | KD batch perturbation (of set size) | Converged |" in md
+    assert "| Estimated time | Probe synthesis (before the clock) | KD batch perturbation (of set size) | Converged |" in md
+    assert "| 7.5 s |" in md
     assert "| 0.23 |" in md  # the last evaluation's reach
     # plots referenced from markdown exist as real PNGs beside it
     for name in ("distillation", "latency", "sizes"):

@@ -61,6 +61,8 @@ def test_a_plateau_ends_the_run_before_the_cap(tmp_path):
     assert result.stopped_by == "plateau" and result.iterations == 6
     assert [r["step"] for r in result.history] == [2, 4, 6]
     assert result.estimate["planned_iterations"] == 40 and any("s per iteration" in ln for ln in lines)
+    # the probe set is announced before it is made and its time is kept apart from the loop's
+    assert [ln for ln in lines if "held-out probes" in ln] == [lines[0]] and result.probes_s > 0
 
 
 def test_a_time_budget_ends_the_run_and_is_planned_for(tmp_path):
@@ -79,6 +81,7 @@ def test_min_agreement_fails_the_run_and_keeps_the_student(tmp_path):
     assert (out / "student.safetensors").is_file()
     summary = json.loads((out / "run.json").read_text())["stages"]["distill"]
     assert summary["stopped_by"] == "iterations" and summary["verdict"]["converged"] is False
+    assert summary["probes_s"] > 0 and "held-out probes" in r.stderr + r.stdout
 
 
 @pytest.mark.parametrize("synthesizer", ["meta", "conditional"])

@@ -48,7 +48,7 @@ def distill(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, shape: t
     session = None
     try:
         session = Session(cfg, teacher, student, shape, out_dir, device, seed, memory, world, layout, steer,
-                          constant_lr)
+                          constant_lr, inform)
         if resume:
             session.restore()
         session.wrap()

@@ -5,6 +5,9 @@ modes."""
 
 from __future__ import annotations
 
+import time
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -19,6 +22,8 @@ TV_PER_SIDE = 0.1
 # another architecture then read many of them otherwise while agreeing with the teacher on real inputs, so a
 # converged student reads as a failed one (benchmarks/README.md, probe agreement against real accuracy).
 STEPS = 300
+# Steps timed (after a warm-up one) before the whole set's time is announced.
+ANNOUNCE_AFTER = 3
 
 
 def total_variation(x: torch.Tensor) -> torch.Tensor:
@@ -30,7 +35,9 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
 
 def synthesize_probes(teacher: nn.Module, shape: tuple[int, ...], num_classes: int, per_class: int,
                       steps: int = STEPS, seed: int = 1234, device: torch.device | str = "cpu",
-                      tv: float = TV_PER_SIDE) -> tuple[torch.Tensor, torch.Tensor]:
+                      tv: float = TV_PER_SIDE, announce: Callable[[float], None] | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`announce(seconds)` is told, after the first steps, how long the whole set will take."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
     targets = torch.arange(num_classes).repeat_interleave(per_class).to(device)
     x = torch.randn((len(targets), *shape), generator=gen).to(device).requires_grad_(True)
@@ -38,7 +45,11 @@ def synthesize_probes(teacher: nn.Module, shape: tuple[int, ...], num_classes: i
     bn = BNStatistics(teacher)
     tv = tv if len(shape) == 3 else 0.0  # images only
     try:
-        for _ in range(steps):
+        for step in range(steps):
+            if step == 1:
+                started = time.perf_counter()
+            if announce is not None and step == 1 + ANNOUNCE_AFTER:
+                announce((time.perf_counter() - started) / ANNOUNCE_AFTER * steps)
             with bn:
                 logits = teacher(x)
                 loss = F.cross_entropy(logits, targets) + bn.loss() + 1e-3 * x.pow(2).mean()

@@ -39,6 +39,7 @@ class DistillResult:
     resumed_from: int | None = None
     stopped_by: str = "iterations"  # iterations (the cap) | plateau | time-budget
     estimate: dict = field(default_factory=dict)  # the pace measured on the first iterations, and what it predicted
+    probes_s: float = 0.0  # the probe set's synthesis, before the loop's clock starts
 
     @property
     def vae(self) -> VAE | None:
@@ -134,7 +135,8 @@ class Session:
 
     def __init__(self, cfg: DistillConfig, teacher: nn.Module, student: nn.Module, shape: tuple[int, ...],
                  out_dir: Path, device: torch.device, seed: int, memory, world: World, layout: Layout,
-                 steer: Callable[[int], list[int] | None] | None = None, constant_lr: bool = False):
+                 steer: Callable[[int], list[int] | None] | None = None, constant_lr: bool = False,
+                 inform: Callable[[str], None] | None = None):
         if world.is_main:
             out_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(seed)
@@ -156,10 +158,13 @@ class Session:
         layout.adopt(self.average.model if self.average is not None else None)
         self.shipped = self.average.model if self.average is not None else self.student  # evaluated and returned
         self.steer = steer
-        self.probes, self.probe_labels = None, None
+        self.probes, self.probe_labels, self.probes_s = None, None, 0.0
         if world.is_main:
+            t0 = time.perf_counter()
             self.probes, self.probe_labels = synthesize_probes(self.teacher, shape, num_classes, cfg.probe_per_class,
-                                                               seed=seed + 1234, device=device)
+                                                               seed=seed + 1234, device=device,
+                                                               announce=_probe_announcer(num_classes * cfg.probe_per_class, inform))
+            self.probes_s = time.perf_counter() - t0
         if world.distributed:
             torch.manual_seed(_rank_seed(seed, world))  # same initial weights (DDP checks), own sample streams
         self.batch, self.replay_batch = world.share(cfg.batch_size), world.share(cfg.replay_batch)
@@ -323,7 +328,14 @@ class Session:
         if self.vae is not None:
             self.memory.trainer = self.vae  # the DDP wrapper dies with the process group
         return DistillResult(self.shipped, self.synth.generator, self.memory, self.history, self.wall_s,
-                             self.done, self.resumed_from, self.stopped_by, self.estimate)
+                             self.done, self.resumed_from, self.stopped_by, self.estimate, self.probes_s)
+
+
+def _probe_announcer(count: int, inform: Callable[[str], None] | None) -> Callable[[float], None] | None:
+    if inform is None:
+        return None
+    return lambda seconds: inform(f"distill: synthesizing {count} held-out probes for the stopping rule: about "
+                                  f"{seconds:.0f} s before the first iteration")
 
 
 def _rank_seed(seed: int, world: World) -> int:

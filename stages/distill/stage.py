@@ -143,6 +143,7 @@ def _finish(cfg, out: Path, run: dict, result: DistillResult, s_spec: dict, spec
         "stopped_by": result.stopped_by,
         "wall_s": round(result.wall_s, 2),
         "estimate": result.estimate,
+        "probes_s": round(result.probes_s, 2),
         "verdict": verdict(last.get("agreement"), last.get("train_agreement"), cfg.distill.min_agreement),
         "history": result.history,
         "student_params": param_count(result.student),
