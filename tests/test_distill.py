@@ -199,6 +199,29 @@ def test_vae_memory_sample_shapes_and_nbytes(shape):
     assert mem.updates == 2
 
 
+def test_vae_memory_asks_the_teacher_only_for_what_it_was_not_given():
+    """With the batch's logits handed in, a rehearsing update asks the teacher about its rehearsal samples
+    only, and learns exactly what it learns when it asks about everything."""
+    teacher = TinyTeacher().eval()
+    seen = []
+    teacher.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[0]))
+    x1, x2 = torch.randn(16, *SHAPE), torch.randn(16, *SHAPE)
+    with torch.no_grad():
+        logits2 = teacher(x2)
+    vaes = []
+    for given in (None, logits2):
+        torch.manual_seed(0)
+        mem = VAEMemory(VAE(SHAPE, 8), teacher, lr=1e-3)
+        mem.observe(x1)
+        seen.clear()
+        mem.observe(x2, given)
+        vaes.append(mem.vae)
+        # 4 rehearsal samples: one class-balancing step on them; their answers; the 8 + 4 reconstructions
+        assert seen == ([4, 12, 12] if given is None else [4, 4, 12])
+    for a, b in zip(vaes[0].parameters(), vaes[1].parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
 def test_class_balanced_sampling_moves_towards_balanced_classes():
     torch.manual_seed(0)
     teacher = TinyTeacher().eval()

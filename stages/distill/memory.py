@@ -95,7 +95,11 @@ class VAEMemory:
                 rehearsal, rehearsal_logits = self.sample(max(1, x.shape[0] // 4)), None
             half = x.shape[0] // 2
             x = torch.cat([x[:half], rehearsal.detach()])  # rehearse own samples: nothing is forgotten
-            logits = torch.cat([logits[:half], rehearsal_logits]) if logits is not None and rehearsal_logits is not None else None
+            if logits is not None:
+                if rehearsal_logits is None:  # the teacher answers for the rehearsal only: the batch's are given
+                    with torch.no_grad():
+                        rehearsal_logits = self.teacher(rehearsal)
+                logits = torch.cat([logits[:half], rehearsal_logits])
         self.vae.train()
         recon, mu, log_var = self.trainer(x)
         if logits is None:
