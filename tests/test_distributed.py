@@ -154,3 +154,17 @@ def test_later_stages_refuse_to_run_under_torchrun(jetson_bundle):
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "Traceback" not in r.stderr
     assert "only run and distill run under torchrun" in r.stderr
+
+
+def test_the_meta_synthesizer_runs_across_processes_and_the_conditional_one_is_refused(tmp_path):
+    """The meta synthesizer's round copy learns through DDP and its meta-weights follow by Reptile: every rank
+    must end with the same generator (the stage checks all models are in sync before it writes)."""
+    short = ["--preset", "smoke", "--device", "cpu", "--set", "distill.iterations=6", "--set", "distill.eval_every=3"]
+    meta = _torchrun(2, "distill", *short, "--set", "distill.synthesizer=meta", "--out", str(tmp_path / "meta"))
+    assert meta.returncode == 0, meta.stderr[-3000:]
+    summary = json.loads((tmp_path / "meta" / "run.json").read_text())["stages"]["distill"]
+    assert summary["processes"] == 2 and summary["steps"] == 6
+    refused = _torchrun(2, "distill", *short, "--set", "distill.synthesizer=conditional", "--out", str(tmp_path / "c"))
+    # torchrun reports the failed children with a traceback of its own; each child says one line
+    assert refused.returncode != 0
+    assert "error: distill.synthesizer 'conditional' runs in one process" in refused.stderr

@@ -241,11 +241,11 @@ class Session:
     def wrap(self) -> None:
         """Several processes: DDP averages the gradients of what each rank trains; the bare modules stay for
         everything that needs no synchronisation (the student judged by the generator, sampling, eval)."""
-        if self.world.distributed and self.cfg.synthesizer != "adversarial":
-            raise UsageError(f"distill.synthesizer '{self.cfg.synthesizer}' runs in one process; several processes "
-                             "share the adversarial synthesizer only")
+        if self.world.distributed and self.cfg.synthesizer == "conditional":
+            raise UsageError("distill.synthesizer 'conditional' runs in one process; several processes share the "
+                             "adversarial and meta synthesizers only")
         self.student_train = parallel.wrap(self.student, self.world, self.device)
-        self.synth.trainer = parallel.wrap(self.synth.generator, self.world, self.device)
+        self.synth.trainer = parallel.wrap(self.synth.learner, self.world, self.device)
         if self.vae is not None:
             self.memory.trainer = parallel.wrap(self.vae, self.world, self.device)
 

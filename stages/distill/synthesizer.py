@@ -35,12 +35,17 @@ class AdversarialSynthesizer:
         self.cfg, self.teacher, self.shape, self.device = cfg, teacher, shape, device
         self.latent_dim = cfg.latent_dim
         self.generator = build_generator(cfg.latent_dim, shape, width=cfg.generator_width).to(device)
-        self.trainer: nn.Module = self.generator  # a DDP wrapper under torchrun
+        self.trainer: nn.Module = self.generator  # the learner, or a DDP wrapper around it under torchrun
         self.opt = self._optimizer(self.generator.parameters())
         self.bn = criteria.BNStatistics(teacher)
         self.features = criteria.PenultimateFeatures(teacher)
         self.weights = {"adversarial": cfg.w_adv, "bn": cfg.w_bn if self.bn.layers else 0.0,
                         "balance": cfg.w_balance, "onehot": cfg.w_onehot, "activation": cfg.w_activation}
+
+    @property
+    def learner(self) -> nn.Module:
+        """The network `step` trains: under torchrun its gradients are averaged over the processes."""
+        return self.generator
 
     def _optimizer(self, params) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=self.cfg.lr_generator, betas=(0.5, 0.999))
@@ -114,6 +119,12 @@ class MetaSynthesizer(AdversarialSynthesizer):
     def __init__(self, cfg: DistillConfig, teacher: nn.Module, shape: tuple[int, ...], device: torch.device):
         super().__init__(cfg, teacher, shape, device)
         self.fast = copy.deepcopy(self.generator)
+        self.trainer = self.fast
+
+    @property
+    def learner(self) -> nn.Module:
+        # The round's copy learns; the meta-weights follow it by Reptile, alike on every process
+        return self.fast
 
     def step(self, student: nn.Module, batch: int, focus: list[int] | None = None) -> torch.Tensor:
         self.fast.load_state_dict(self.generator.state_dict())
@@ -121,7 +132,7 @@ class MetaSynthesizer(AdversarialSynthesizer):
         student.eval()
         opt = self._optimizer(self.fast.parameters())  # a fresh inner optimiser: each round starts anew
         for _ in range(self.cfg.synthesis_steps):
-            loss = self.objective(self.fast(self._noise(batch)), student, focus)
+            loss = self.objective(self.trainer(self._noise(batch)), student, focus)
             if not self._update(opt, loss):
                 return loss
         with torch.no_grad():  # Reptile: meta <- meta + rate * (fast - meta)
