@@ -161,9 +161,9 @@ class Session:
         self.probes, self.probe_labels, self.probes_s = None, None, 0.0
         if world.is_main:
             t0 = time.perf_counter()
+            announce = _probe_announcer(num_classes * cfg.probe_per_class, inform)
             self.probes, self.probe_labels = synthesize_probes(self.teacher, shape, num_classes, cfg.probe_per_class,
-                                                               seed=seed + 1234, device=device,
-                                                               announce=_probe_announcer(num_classes * cfg.probe_per_class, inform))
+                                                               seed=seed + 1234, device=device, announce=announce)
             self.probes_s = time.perf_counter() - t0
         if world.distributed:
             torch.manual_seed(_rank_seed(seed, world))  # same initial weights (DDP checks), own sample streams
