@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from stages.distill.probes import agreement, synthesize_probes, total_variation
+from stages.distill.probes import agreement, divergence, synthesize_probes, total_variation
 
 
 def _teacher() -> nn.Module:
@@ -50,3 +50,24 @@ def test_default_probes_match_the_teachers_batchnorm_statistics_closer_than_shor
     full, labels = synthesize_probes(teacher, (1, 8, 8), 10, 4)
     assert bn_gap(full) < bn_gap(short)  # equal if the default fell back to the short optimisation
     assert (labels == torch.arange(10).repeat_interleave(4)).float().mean() >= 0.9
+
+
+def test_divergence_is_zero_for_the_teacher_and_falls_as_a_student_learns_it():
+    teacher = _teacher()
+    probes, labels = synthesize_probes(teacher, (1, 8, 8), 10, 4, steps=50)
+    with torch.no_grad():
+        target = torch.log_softmax(teacher(probes), dim=1)
+    assert abs(divergence(teacher, probes, target)) < 1e-6
+    torch.manual_seed(1)
+    student = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    opt = torch.optim.Adam(student.parameters(), lr=1e-2)
+    before = divergence(student, probes, target)
+    for _ in range(200):
+        loss = torch.nn.functional.kl_div(torch.log_softmax(student(probes), 1), target, log_target=True,
+                                          reduction="batchmean")
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = divergence(student, probes, target)
+    assert 0 < after < 0.5 * before
+    assert abs(after - float(loss)) < 0.05 * before  # the same quantity the fit minimised, up to its last step

@@ -18,11 +18,20 @@ from tests.conftest import run_cli
 
 
 def test_plateau_needs_a_gain_within_patience():
-    assert not plateaued([0.5, 0.6, 0.7, 0.8], patience=2, min_gain=0.01)
-    assert plateaued([0.5, 0.8, 0.805, 0.79], patience=2, min_gain=0.01)  # 0.805 gains less than 0.01
-    assert not plateaued([0.5, 0.8, 0.82, 0.79], patience=2, min_gain=0.01)
-    assert not plateaued([0.8, 0.8], patience=2, min_gain=0.0)  # too few evaluations to judge
-    assert not plateaued([0.9] * 10, patience=0, min_gain=0.0)  # patience 0: never
+    flat = [None] * 4  # no divergence measured (a history from before it was kept): agreement alone decides
+    assert not plateaued([0.5, 0.6, 0.7, 0.8], flat, patience=2, min_gain=0.01)
+    assert plateaued([0.5, 0.8, 0.805, 0.79], flat, patience=2, min_gain=0.01)  # 0.805 gains less than 0.01
+    assert not plateaued([0.5, 0.8, 0.82, 0.79], flat, patience=2, min_gain=0.01)
+    assert not plateaued([0.8, 0.8], [None] * 2, patience=2, min_gain=0.0)  # too few evaluations to judge
+    assert not plateaued([0.9] * 10, [None] * 10, patience=0, min_gain=0.0)  # patience 0: never
+
+
+def test_a_falling_divergence_is_progress_where_agreement_has_saturated():
+    saturated = [1.0, 1.0, 1.0, 1.0]
+    assert not plateaued(saturated, [0.40, 0.30, 0.29, 0.27], patience=2, min_gain=0.005)  # 0.27 < 0.95 * 0.30
+    assert plateaued(saturated, [0.40, 0.30, 0.29, 0.288], patience=2, min_gain=0.005)  # 4% is not enough
+    assert plateaued(saturated, [0.40, 0.30, 0.29, None], patience=2, min_gain=0.005)  # partly measured: agreement
+    assert not plateaued([0.5, 0.8, 0.82, 0.79], [0.4, 0.3, 0.3, 0.3], patience=2, min_gain=0.01)  # agreement gained
 
 
 def test_pace_skips_the_warm_up_and_the_budget_caps_iterations():
@@ -56,8 +65,9 @@ def _digits_run(tmp_path, **settings):
 
 
 def test_a_plateau_ends_the_run_before_the_cap(tmp_path):
-    # min_gain 1.0 cannot be reached: the run stops after patience + 1 evaluations
-    result, lines = _digits_run(tmp_path, iterations=40, eval_every=2, patience=2, min_gain=1.0)
+    # min_gain 1.0 cannot be reached and a student that barely moves does not fall in divergence either: the run
+    # stops after patience + 1 evaluations
+    result, lines = _digits_run(tmp_path, iterations=40, eval_every=2, patience=2, min_gain=1.0, lr_student=1e-9)
     assert result.stopped_by == "plateau" and result.iterations == 6
     assert [r["step"] for r in result.history] == [2, 4, 6]
     assert result.estimate["planned_iterations"] == 40 and any("s per iteration" in ln for ln in lines)

@@ -28,8 +28,9 @@ class StudentConfig:
 @dataclass
 class DistillConfig:
     # The cap on outer iterations (one generator step, then `kd_steps` student steps); distillation stops earlier
-    # when the student's agreement with the teacher on held-out synthetic probes has gained less than `min_gain` in
-    # the last `patience` evaluations (0: never), or when `time_budget` seconds are spent (0: no budget).
+    # when, on held-out synthetic probes, the student's agreement with the teacher has gained less than `min_gain`
+    # and its divergence from the teacher has not fallen either (stopping.plateaued) in the last `patience`
+    # evaluations (0: never), or when `time_budget` seconds are spent (0: no budget).
     iterations: int = setting(270, gt=0)
     patience: int = setting(6, ge=0)
     min_gain: float = setting(0.005, ge=0)

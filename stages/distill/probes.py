@@ -75,3 +75,18 @@ def agreement(model: nn.Module, probes: torch.Tensor, teacher_labels: torch.Tens
         hits += (model(probes[i : i + batch]).argmax(1) == teacher_labels[i : i + batch]).sum().item()
     model.train(was_training)
     return hits / max(1, len(probes))
+
+
+@torch.no_grad()
+def divergence(model: nn.Module, probes: torch.Tensor, teacher_log_probs: torch.Tensor, batch: int = 512) -> float:
+    """Mean KL(teacher || model) over the probes, in nats. Agreement saturates once the student reads every probe as
+    the teacher does; the divergence still falls while the student learns the teacher's whole output."""
+    was_training = model.training
+    model.eval()
+    total = 0.0
+    for i in range(0, len(probes), batch):
+        t = teacher_log_probs[i : i + batch]
+        s = F.log_softmax(model(probes[i : i + batch]), dim=1)
+        total += (t.exp() * (t - s)).sum().item()
+    model.train(was_training)
+    return total / max(1, len(probes))

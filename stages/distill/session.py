@@ -19,7 +19,7 @@ from stages.distill.averaging import WeightAverage
 from stages.distill.config import DistillConfig
 from stages.distill.memory import NoReplay, VAEMemory
 from stages.distill.networks import VAE, auto_vae_width
-from stages.distill.probes import agreement, synthesize_probes
+from stages.distill.probes import agreement, divergence, synthesize_probes
 from stages.distill.stopping import Pace, fitting_iterations, plateaued
 from stages.distill.synthesizer import build_synthesizer
 
@@ -158,13 +158,15 @@ class Session:
         layout.adopt(self.average.model if self.average is not None else None)
         self.shipped = self.average.model if self.average is not None else self.student  # evaluated and returned
         self.steer = steer
-        self.probes, self.probe_labels, self.probes_s = None, None, 0.0
+        self.probes, self.probe_labels, self.probe_log_probs, self.probes_s = None, None, None, 0.0
         if world.is_main:
             t0 = time.perf_counter()
             announce = _probe_announcer(num_classes * cfg.probe_per_class, inform)
             self.probes, self.probe_labels = synthesize_probes(self.teacher, shape, num_classes, cfg.probe_per_class,
                                                                seed=seed + 1234, device=device, announce=announce)
             self.probes_s = time.perf_counter() - t0
+            with torch.no_grad():
+                self.probe_log_probs = torch.log_softmax(self.teacher(self.probes), dim=1)
         if world.distributed:
             torch.manual_seed(_rank_seed(seed, world))  # same initial weights (DDP checks), own sample streams
         self.batch, self.replay_batch = world.share(cfg.batch_size), world.share(cfg.replay_batch)
@@ -261,7 +263,8 @@ class Session:
         stop = None
         if main and (step % self.cfg.eval_every == 0 or step == self.cfg.iterations):
             self.history.append(self._row(step, elapsed, evaluate, loss_s, loss_g, train_agreement))
-            if plateaued([r["agreement"] for r in self.history], self.cfg.patience, self.cfg.min_gain):
+            if plateaued([r["agreement"] for r in self.history], [r.get("probe_kl") for r in self.history],
+                         self.cfg.patience, self.cfg.min_gain):
                 stop = "plateau"
         if main and stop is None and self.cfg.time_budget and elapsed >= self.cfg.time_budget:
             stop = "time-budget"
@@ -287,6 +290,7 @@ class Session:
 
     def _row(self, step: int, elapsed: float, evaluate, loss_s, loss_g, train_agreement: float) -> dict:
         return {"step": step, "agreement": agreement(self.shipped, self.probes, self.probe_labels),
+                "probe_kl": round(divergence(self.shipped, self.probes, self.probe_log_probs), 6),
                 "train_agreement": round(train_agreement, 4), "reach": round(self.reach, 4),
                 "accuracy": evaluate(self.shipped) if evaluate else None,
                 "loss_student": float(loss_s.detach()), "loss_generator": float(loss_g.detach()),
@@ -306,7 +310,7 @@ class Session:
                          "estimated_s": round(elapsed + per_it * (planned - step), 1)}
         if inform is not None:
             budget = f" within the {self.cfg.time_budget:g} s budget" if self.cfg.time_budget else ""
-            early = "; it stops earlier once probe agreement stops improving" if self.cfg.patience else ""
+            early = "; it stops earlier once the student stops learning the teacher on the probes" if self.cfg.patience else ""
             inform(f"distill: {per_it:.2f} s per iteration: about {self.estimate['estimated_s']:.0f} s for "
                    f"{planned} iterations{budget}{early}")
 

@@ -1,9 +1,10 @@
 """When distillation ends and whether it worked, judged without data.
 
 The only quality signal a user without data has is the student's agreement with the teacher on held-out
-synthetic probes (probes.py). Distillation stops when that agreement has stopped improving, when a wall-clock
-budget is spent, or at the iteration cap; afterwards, a probe agreement far below what the student reached on
-its own training samples, or below a floor, marks the student as not converged.
+synthetic probes (probes.py), and its divergence from the teacher's outputs there. Distillation stops when
+neither has improved for a while, when a wall-clock budget is spent, or at the iteration cap; afterwards, a
+probe agreement far below what the student reached on its own training samples, or below a floor, marks the
+student as not converged.
 """
 
 from __future__ import annotations
@@ -12,16 +13,25 @@ from dataclasses import dataclass
 
 # A student whose probe agreement is below this did not learn the teacher, whatever it reached in training.
 AGREEMENT_FLOOR = 0.8
+# A fall in probe divergence (KL from the teacher) by this fraction of its best value within `patience` evaluations
+# is progress, as a gain of `min_gain` in agreement is: agreement saturates at 1.0 on probes that every student
+# reads as the teacher does (a teacher without BatchNorm), while the divergence still falls as long as the student
+# learns the teacher, and real accuracy with it.
+DIVERGENCE_DROP = 0.05
 # Probe agreement this far below the training-sample agreement: the student fits its own samples only.
 GAP_LIMIT = 0.15
 
 
-def plateaued(agreements: list[float], patience: int, min_gain: float) -> bool:
-    """True when none of the last `patience` evaluations beat the best one before them by `min_gain`."""
+def plateaued(agreements: list[float], divergences: list[float | None], patience: int, min_gain: float) -> bool:
+    """True when none of the last `patience` evaluations beat the best one before them: by `min_gain` in probe
+    agreement, or by a fall of `DIVERGENCE_DROP` in probe divergence (where every evaluation measured it)."""
     if patience <= 0 or len(agreements) <= patience:
         return False
-    best_before = max(agreements[:-patience])
-    return max(agreements[-patience:]) < best_before + min_gain
+    if max(agreements[-patience:]) >= max(agreements[:-patience]) + min_gain:
+        return False
+    if len(divergences) == len(agreements) and all(d is not None for d in divergences):
+        return min(divergences[-patience:]) > (1 - DIVERGENCE_DROP) * min(divergences[:-patience])
+    return True
 
 
 @dataclass
