@@ -170,18 +170,22 @@ def worst_ratios(rows: list[list]) -> list[list]:
 
 
 def agreement_vs_accuracy(reports: list[dict]) -> list[list]:
-    """Pearson correlation of probe agreement with real accuracy over every evaluation, per teacher and in all."""
+    """Pearson correlation of probe agreement, and of probe divergence (KL from the teacher), with real accuracy
+    over every evaluation, per teacher and in all. Agreement is constant where the probes saturate; the
+    divergence still moves there (a good predictor correlates negatively)."""
     pairs: dict[str, list] = {}
     for rep in reports:
         for h in rep.get("distillation", {}).get("history", []):
             if h.get("accuracy") is not None:
-                pairs.setdefault(rep["_teacher"], []).append((h["agreement"], h["accuracy"]))
+                pairs.setdefault(rep["_teacher"], []).append((h["agreement"], h["accuracy"], h.get("probe_kl")))
     pairs["all"] = [p for name, v in pairs.items() for p in v]
     out = []
     for name, v in pairs.items():
         if len(v) >= 3:
-            a, b = np.array(v).T
-            out.append([name, len(v), results.pearson(a, b), round(float(np.mean(b - a)), 4)])
+            a, b = np.array([p[:2] for p in v]).T
+            kl = [(p[2], p[1]) for p in v if p[2] is not None]
+            kl_r = results.pearson(*np.array(kl).T, xs_name="probe KL") if len(kl) >= 3 else None
+            out.append([name, len(v), results.pearson(a, b), round(float(np.mean(b - a)), 4), kl_r])
     return out
 
 
@@ -237,8 +241,9 @@ def main() -> None:
     tables = [results.table("Runs", COLUMNS, rows),
               results.table("Worst and mean INT8 / teacher per setting",
                             ["synthesizer", "replay", "worst", "mean", "runs"], worst_ratios(rows)),
-              results.table("Probe agreement as a predictor of real accuracy (every evaluation)",
-                            ["teacher", "evaluations", "pearson r", "mean accuracy - agreement"],
+              results.table("Probe agreement and probe KL as predictors of real accuracy (every evaluation)",
+                            ["teacher", "evaluations", "pearson r", "mean accuracy - agreement",
+                             "pearson r, probe KL"],
                             agreement_vs_accuracy(reports))]
     settings = {"preset": args.preset, "time_budget": args.time_budget, "sets": args.sets, "reuse": args.reuse,
                 "requantize": args.requantize}

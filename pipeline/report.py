@@ -20,7 +20,7 @@ Report schema (every section is optional; a report with only some keys still ren
         "generator_steps": int, "bn_prior": bool, "class_counts": [int, ...], "classes_made": int, "wall_s": float
       },
       "distillation": {                   # distilled runs only
-        "history": [{"step": int, "agreement": float 0..1, "accuracy": float | null,
+        "history": [{"step": int, "agreement": float 0..1, "probe_kl": float, "accuracy": float | null,
                      "reach": float 0..1}, ...],  # reach: the fraction of the set KD-batch perturbation used
         "replay": str,                    # replay mode, e.g. "vae" or "none"
         "replay_memory_bytes": int, "steps": int, "wall_s": float,
@@ -299,8 +299,10 @@ def sections(report: dict) -> list[Section]:
         hist = _rows(dist.get("history"))
         steps = dist.get("steps", hist[-1].get("step") if hist else None)
         final = _pct(hist[-1].get("agreement")) if hist else "—"
+        kl = hist[-1].get("probe_kl") if hist else None
         row = [str(steps) if steps is not None else "—", str(dist.get("replay") or "—"),
-               _bytes(dist.get("replay_memory_bytes")), f"{_f(dist.get('wall_s'), 1)} s" if _num(dist.get("wall_s")) else "—", final]
+               _bytes(dist.get("replay_memory_bytes")), f"{_f(dist.get('wall_s'), 1)} s" if _num(dist.get("wall_s")) else "—", final,
+               _f(kl, 3) if _num(kl) else "—"]
         est = dist.get("estimate") or {}
         reach = hist[-1].get("reach") if hist else None
         row += [str(dist.get("stopped_by") or "—"),
@@ -308,7 +310,7 @@ def sections(report: dict) -> list[Section]:
                 f"{_f(dist.get('probes_s'), 1)} s" if _num(dist.get("probes_s")) else "—",
                 _f(reach) if _num(reach) else "—", _verdict(dist)]
         out.append(Section("Distillation", ["Steps", "Replay", "Replay memory", "Wall time", "Final agreement",
-                                            "Stopped by", "Estimated time", "Probe synthesis (before the clock)",
+                                            "Final probe KL", "Stopped by", "Estimated time", "Probe synthesis (before the clock)",
                                             "KD batch perturbation (of set size)", "Converged"], [row],
                            plot="distillation" if hist else None))
 

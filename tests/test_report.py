@@ -25,7 +25,7 @@ def _report() -> dict:
         "accuracy": {"teacher": 0.975, "student_fp32": 0.9611, "student_int8": None, "evaluated_on": "digits test split (360 images)"},
         "distillation": {
             "history": [{"step": s, "agreement": 0.1 + 0.008 * s, "accuracy": (0.05 + 0.009 * s) if s % 25 == 0 else None,
-                         "reach": 1.0 if s < 50 else 0.23} for s in range(0, 101, 5)],
+                         "reach": 1.0 if s < 50 else 0.23, "probe_kl": 1.5 - 0.01 * s} for s in range(0, 101, 5)],
             "replay": "vae",
             "replay_memory_bytes": 1_234_567,
             "steps": 100,
@@ -134,7 +134,8 @@ def test_markdown_tables(tmp_path):
     assert "| Student INT8 | not evaluated | — |" in md
     assert "| student-int8.onnx | onnxruntime | CPU | 1 | 1 | 0.210 |" in md
     assert "| INT8 vs FP32 agreement | 98.75% |" in md
-    assert "| Estimated time | Probe synthesis (before the clock) | KD batch perturbation (of set size) | Converged |" in md
+    assert "| Final agreement | Final probe KL | Stopped by | Estimated time | Probe synthesis (before the clock) | KD batch perturbation (of set size) | Converged |" in md
+    assert "| 90.00% | 0.500 |" in md  # the last evaluation's agreement and probe KL
     assert "| 7.5 s |" in md
     assert "| 0.23 |" in md  # the last evaluation's reach
     # plots referenced from markdown exist as real PNGs beside it
