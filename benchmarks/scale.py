@@ -105,7 +105,7 @@ def _model(cls_name: str) -> Callable[[], nn.Module]:
 # The digits default runs its whole default length (the estimate's check); the ResNet-18 rung runs long enough
 # past the estimate (made after the warm-up and ESTIMATE_AFTER iterations) to check it too.
 LADDER = {r.name: r for r in [
-    Rung("digits", (1, 8, 8), _digits, Plan(270), Plan(270)),
+    Rung("digits", (1, 8, 8), _digits, Plan(DistillConfig.iterations), Plan(DistillConfig.iterations)),
     Rung("mnist_lenet5", (1, 32, 32), _zoo("lenet5"), Plan(12)),
     Rung("mnist_bn_cnn", (1, 28, 28), _zoo("bn_cnn"), Plan(12)),
     Rung("resnet18", (3, 32, 32), _model("ResNet18"), Plan(7, probe_steps=5)),

@@ -31,7 +31,7 @@ class DistillConfig:
     # when, on held-out synthetic probes, the student's agreement with the teacher has gained less than `min_gain`
     # and its divergence from the teacher has not fallen either (stopping.plateaued) in the last `patience`
     # evaluations (0: never), or when `time_budget` seconds are spent (0: no budget).
-    iterations: int = setting(270, gt=0)
+    iterations: int = setting(400, gt=0)
     patience: int = setting(6, ge=0)
     min_gain: float = setting(0.005, ge=0)
     time_budget: float = setting(0.0, ge=0)
