@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from stages.distill.probes import agreement, divergence, synthesize_probes, total_variation
+from stages.distill.probes import agreement, divergence, fit, synthesize_probes, total_variation
 
 
 def _teacher() -> nn.Module:
@@ -70,4 +70,7 @@ def test_divergence_is_zero_for_the_teacher_and_falls_as_a_student_learns_it():
         opt.step()
     after = divergence(student, probes, target)
     assert 0 < after < 0.5 * before
+    # one pass for both, in batches that split the probes unevenly, gives what the two passes give
+    agree, kl = fit(student, probes, labels, target, batch=7)
+    assert agree == agreement(student, probes, labels) and abs(kl - after) < 1e-5 * after  # summed in another order
     assert abs(after - float(loss)) < 0.05 * before  # the same quantity the fit minimised, up to its last step

@@ -67,26 +67,39 @@ def synthesize_probes(teacher: nn.Module, shape: tuple[int, ...], num_classes: i
 
 
 @torch.no_grad()
-def agreement(model: nn.Module, probes: torch.Tensor, teacher_labels: torch.Tensor, batch: int = 512) -> float:
+def _outputs(model: nn.Module, probes: torch.Tensor, batch: int) -> list[torch.Tensor]:
+    """The model's logits on the probes, batch by batch, in eval mode (its mode comes back)."""
     was_training = model.training
     model.eval()
-    hits = 0
-    for i in range(0, len(probes), batch):
-        hits += (model(probes[i : i + batch]).argmax(1) == teacher_labels[i : i + batch]).sum().item()
-    model.train(was_training)
-    return hits / max(1, len(probes))
+    try:
+        return [model(probes[i : i + batch]) for i in range(0, len(probes), batch)]
+    finally:
+        model.train(was_training)
 
 
-@torch.no_grad()
+def _hits(outputs: list[torch.Tensor], teacher_labels: torch.Tensor) -> int:
+    labels = torch.split(teacher_labels, [len(o) for o in outputs])
+    return sum(int((o.argmax(1) == t).sum()) for o, t in zip(outputs, labels))
+
+
+def _kl_sum(outputs: list[torch.Tensor], teacher_log_probs: torch.Tensor) -> float:
+    targets = torch.split(teacher_log_probs, [len(o) for o in outputs])
+    return sum(float((t.exp() * (t - F.log_softmax(o, dim=1))).sum()) for o, t in zip(outputs, targets))
+
+
+def agreement(model: nn.Module, probes: torch.Tensor, teacher_labels: torch.Tensor, batch: int = 512) -> float:
+    return _hits(_outputs(model, probes, batch), teacher_labels) / max(1, len(probes))
+
+
 def divergence(model: nn.Module, probes: torch.Tensor, teacher_log_probs: torch.Tensor, batch: int = 512) -> float:
     """Mean KL(teacher || model) over the probes, in nats. Agreement saturates once the student reads every probe as
     the teacher does; the divergence still falls while the student learns the teacher's whole output."""
-    was_training = model.training
-    model.eval()
-    total = 0.0
-    for i in range(0, len(probes), batch):
-        t = teacher_log_probs[i : i + batch]
-        s = F.log_softmax(model(probes[i : i + batch]), dim=1)
-        total += (t.exp() * (t - s)).sum().item()
-    model.train(was_training)
-    return total / max(1, len(probes))
+    return _kl_sum(_outputs(model, probes, batch), teacher_log_probs) / max(1, len(probes))
+
+
+def fit(model: nn.Module, probes: torch.Tensor, teacher_labels: torch.Tensor, teacher_log_probs: torch.Tensor,
+        batch: int = 512) -> tuple[float, float]:
+    """Agreement and divergence from one pass of the model over the probes (each evaluation of a run needs both)."""
+    outputs = _outputs(model, probes, batch)
+    n = max(1, len(probes))
+    return _hits(outputs, teacher_labels) / n, _kl_sum(outputs, teacher_log_probs) / n

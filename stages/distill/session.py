@@ -19,7 +19,7 @@ from stages.distill.averaging import WeightAverage
 from stages.distill.config import DistillConfig
 from stages.distill.memory import NoReplay, VAEMemory
 from stages.distill.networks import VAE, auto_vae_width
-from stages.distill.probes import agreement, divergence, synthesize_probes
+from stages.distill.probes import fit as probe_fit, synthesize_probes
 from stages.distill.stopping import Pace, fitting_iterations, plateaued
 from stages.distill.synthesizer import build_synthesizer
 
@@ -289,8 +289,8 @@ class Session:
             self.sched.step()
 
     def _row(self, step: int, elapsed: float, evaluate, loss_s, loss_g, train_agreement: float) -> dict:
-        return {"step": step, "agreement": agreement(self.shipped, self.probes, self.probe_labels),
-                "probe_kl": round(divergence(self.shipped, self.probes, self.probe_log_probs), 6),
+        agreement, kl = probe_fit(self.shipped, self.probes, self.probe_labels, self.probe_log_probs)
+        return {"step": step, "agreement": agreement, "probe_kl": round(kl, 6),
                 "train_agreement": round(train_agreement, 4), "reach": round(self.reach, 4),
                 "accuracy": evaluate(self.shipped) if evaluate else None,
                 "loss_student": float(loss_s.detach()), "loss_generator": float(loss_g.detach()),

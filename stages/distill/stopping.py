@@ -29,7 +29,7 @@ def plateaued(agreements: list[float], divergences: list[float | None], patience
         return False
     if max(agreements[-patience:]) >= max(agreements[:-patience]) + min_gain:
         return False
-    if len(divergences) == len(agreements) and all(d is not None for d in divergences):
+    if all(d is not None for d in divergences):
         return min(divergences[-patience:]) > (1 - DIVERGENCE_DROP) * min(divergences[:-patience])
     return True
 
