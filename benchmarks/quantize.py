@@ -15,8 +15,8 @@ way, the students `benchmarks/distill.py` kept for the zoo's teachers (`quantize
     python benchmarks/quantize.py --peers [--max-drop 1.0] [--runs 300] [--modelopt-python PATH]
 
 compares the INT8 peers instead (ONNX Runtime quantize_static, NNCF PTQ, NVIDIA Model Optimizer, ours) on
-the digits, LeNet-5 and wide-CNN students and teachers, the MNIST BN CNN teacher and the example image teacher (benchmarks/peers.py says how)
-and writes benchmarks/results/quantize-peers.json.
+the digits, LeNet-5, wide-CNN, strided-CNN and MLP students and teachers, the MNIST BN CNN teacher and the
+example image teacher (benchmarks/peers.py says how) and writes benchmarks/results/quantize-peers.json.
 """
 
 from __future__ import annotations
