@@ -42,7 +42,7 @@ COMMANDS = {
     "distill-mlp": "python benchmarks/distill.py --teachers mlp --time-budget 600 --seeds 0,1 --name distill-mlp",
     "distill-digits": "python benchmarks/distill.py --teachers digits_cnn,digits_mlp_bn --name distill-digits",
     "replay-standard": "python benchmarks/replay.py --task digits --modes vae,none --seeds 0,1,2,3",
-    "replay-class-by-class": "python benchmarks/replay.py --task digits --scenario class-by-class --modes vae,none --seeds 0,1,2,3",
+    "replay-class-by-class": "python benchmarks/replay.py --task digits --scenario class-by-class --modes vae,none --seeds 0,1",
     "scale-cuda": "python benchmarks/scale.py --device cuda",
 }
 

@@ -174,11 +174,6 @@ def run_one(task: str, mode: str, seed: int, preset: str, sets: dict, mnist_path
     memory = build_memory(cfg.distill, shape, teacher, device)
     res = distill(cfg.distill, teacher, student, shape, run_dir, device, seed=seed, evaluate=evaluate,
                   progress=progress, memory=memory, **stress_kwargs(stress, cfg.distill.iterations, teacher, shape))
-    if mode == "vae" and scenario == "standard" and not sets and device.type == "cpu":
-        # The same student the quantize benchmark would distil (same preset, seed, settings): leave it there.
-        from quantize import distilled_path, save_distilled
-
-        save_distilled(distilled_path(task, cfg, seed, res.student), res.student, res.generator, res.memory.vae)
     accs = [r["accuracy"] for r in res.history if r["accuracy"] is not None]
     second = accs[len(accs) // 2:]
     final = evaluate(res.student)
