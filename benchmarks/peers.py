@@ -447,7 +447,8 @@ def all_cases(cfg, seed: int, mnist_path: Path) -> list[Callable[[], Case]]:
     """Builders, so one model's tensors are gone before the next is made."""
     return [lambda: digits_cases(cfg, seed, mnist_path), lambda: zoo_cases("lenet5", "LeNet-5", cfg, seed),
             lambda: zoo_cases("wide_shallow", "wide CNN", cfg, seed),
-            lambda: zoo_cases("strided_cnn", "strided CNN", cfg, seed), lambda: zoo_cases("mlp", "MNIST MLP", cfg, seed),
+            lambda: zoo_cases("strided_cnn", "strided CNN", cfg, seed),
+            lambda: zoo_cases("mlp", "MNIST MLP", cfg, seed),
             lambda: [bn_cnn_case(cfg, seed)], lambda: [image_teacher_case(cfg, seed)]]
 
 
