@@ -181,6 +181,40 @@ def test_the_input_quantizer_holds_the_pixel_range_the_calibration_samples_miss(
     assert error < 0.5 * clipped_error
 
 
+def _input_scale(path) -> float:
+    graph = onnx.load(str(path)).graph
+    first = next(n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "input")
+    return float(next(numpy_helper.to_array(i) for i in graph.initializer if i.name == first.input[1]))
+
+
+@pytest.mark.parametrize("scheme", ["tensorrt", "onnxruntime"])
+def test_the_input_grid_is_the_contracts_with_the_black_pixel_on_a_level(tmp_path, scheme):
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Conv2d(1, 8, 5, padding=2), nn.ReLU(), nn.Flatten(), nn.Linear(512, 10)).eval()
+    # Synthetic samples overshoot the contract's range on both sides (a generator's, unbounded)
+    calib = [torch.randn(32, 1, 8, 8, generator=torch.Generator().manual_seed(i)) * 2.5 for i in range(2)]
+    low, high = -0.1307 / 0.3081, (1 - 0.1307) / 0.3081  # MNIST's normalisation
+    # Real images: mostly black background, some ink
+    ink = torch.rand(256, 1, 8, 8, generator=torch.Generator().manual_seed(9)) < 0.2
+    real = torch.where(ink, torch.full((256, 1, 8, 8), high), torch.full((256, 1, 8, 8), low))
+    with torch.no_grad():
+        expected = model(real).numpy()
+
+    def quantized(input_range):
+        res = quantize(model, model, calib, lambda: calib[0], QuantizeConfig(qat_steps=0), scheme, "noise",
+                       torch.randn(1, 1, 8, 8), input_range=input_range)
+        path = export_onnx(res.model, tmp_path / f"{input_range is not None}.onnx", torch.randn(1, 1, 8, 8))
+        out = ort.InferenceSession(str(path)).run(None, {"input": real.numpy()})[0]
+        return np.abs(out - expected).mean(), _input_scale(path)
+
+    calibrated_error, calibrated_step = quantized(None)
+    error, step = quantized((low, high))
+    assert calibrated_step * 127 > 5  # what the samples alone would give
+    assert high <= step * 127 < 1.01 * high  # nothing in the contract clipped, hardly a level wasted
+    assert abs(low / step - round(low / step)) < 1e-4  # the black pixel read exactly
+    assert error < 0.8 * calibrated_error
+
+
 def test_calibration_leaves_the_float_biases_as_they_are(models):
     _, student = models
     folded = fold_batchnorm(student)

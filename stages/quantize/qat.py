@@ -205,30 +205,40 @@ def input_quantizers(qmodel: nn.Module, example_input: torch.Tensor) -> list[nn.
     return found
 
 
-def cover_input_range(qmodel: nn.Module, example_input: torch.Tensor, low: float, high: float) -> None:
-    """Widen the input's quantizers to hold [low, high], the range the input contract gives. Synthetic samples
-    rarely reach the extremes real inputs take (MNIST's ink at 2.82), and an input range calibrated on them
-    clips those pixels in every real image."""
+def input_grid(low: float, high: float, signed: bool) -> float:
+    """The symmetric quantizer's scale (its largest level) for inputs in [low, high]: the narrowest that holds the
+    range, narrowed further until `low` (the black pixel, most of an image) falls on a level itself, so the
+    commonest input value is read without rounding error. Nothing in the contract's range is clipped."""
+    below, above = max(0.0, -low), max(0.0, high)
+    if not signed or below == 0.0:
+        return above  # zero, the lowest input, is a level of any symmetric grid
+    top = max(above, below * 127 / 128)  # levels -128..127: the lowest reaches 128/127 of the scale
+    steps = min(128, int(below * 127 / top))  # levels from 0 down to `low` at the narrowest step
+    return below / steps * 127 if steps else top
+
+
+def hold_input_range(qmodel: nn.Module, example_input: torch.Tensor, low: float, high: float) -> None:
+    """Set the input's quantizers to [low, high], the range the input contract gives, on a grid that has `low`
+    on a level (input_grid). Calibrated on synthetic samples instead, the range clipped the ink of real images
+    where samples never reached it, and where they overshot it the coarser grid rounded every background pixel
+    of a real image the same way, a bias the first layer sums over its whole window."""
     from nncf.torch.quantization.layers import AsymmetricQuantizer, SymmetricQuantizer
 
     with torch.no_grad():
         for q in input_quantizers(qmodel, example_input):
             if isinstance(q, SymmetricQuantizer):
-                need = torch.tensor(max(-low, high) if q.signed else high, dtype=q.scale.dtype)
-                if bool((q.scale < need).any()):
-                    q.scale = torch.nn.Parameter(torch.maximum(q.scale.detach(), need), requires_grad=True)
+                scale = torch.full_like(q.scale, input_grid(low, high, q.signed))
+                q.scale = torch.nn.Parameter(scale, requires_grad=True)
             elif isinstance(q, AsymmetricQuantizer):
-                lo, hi = q.input_low.detach(), q.input_low.detach() + q.input_range.detach().abs()
-                new_lo, new_hi = torch.clamp(lo, max=low), torch.clamp(hi, min=high)
-                q.input_low.copy_(new_lo)
-                q.input_range.copy_(new_hi - new_lo)
+                q.input_low.fill_(low)
+                q.input_range.fill_(high - low)
 
 
 def calibrate(folded: nn.Module, calibration_batches: list[torch.Tensor], cfg: QuantizeConfig, scheme: str,
               ignored: list[str] | None = None, input_range: tuple[float, float] | None = None,
               bias_correction: bool = False) -> nn.Module:
     """NNCF's post-training quantization of the BN-folded model in `scheme`, the `ignored` layers left in float;
-    with `input_range`, the input's quantizers hold at least that range (cover_input_range).
+    with `input_range`, the input's quantizers hold that range (hold_input_range).
 
     NNCF's bias correction (on by default there) is off: fitted to synthetic samples, the shifted biases moved
     the INT8 student further from its FP32 self on every input measured, the real test images included."""
@@ -248,7 +258,7 @@ def calibrate(folded: nn.Module, calibration_batches: list[torch.Tensor], cfg: Q
     if scheme == "tensorrt":
         force_signed(qmodel)
     if input_range is not None:
-        cover_input_range(qmodel, calibration_batches[0][:1], *input_range)
+        hold_input_range(qmodel, calibration_batches[0][:1], *input_range)
     return qmodel
 
 
