@@ -74,3 +74,32 @@ def test_divergence_is_zero_for_the_teacher_and_falls_as_a_student_learns_it():
     agree, kl = fit(student, probes, labels, target, batch=7)
     assert agree == agreement(student, probes, labels) and abs(kl - after) < 1e-5 * after  # summed in another order
     assert abs(after - float(loss)) < 0.05 * before  # the same quantity the fit minimised, up to its last step
+
+
+def test_a_teacher_that_normalises_each_input_gets_probes_at_the_inputs_scale_that_survive_noise():
+    from stages.distill import probes as P
+
+    torch.manual_seed(0)
+    # GroupNorm after a bias-free convolution: the teacher reads x and 0.01 x alike, so nothing pins the probes' scale
+    teacher = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.GroupNorm(2, 8), nn.ReLU(),
+                            nn.Flatten(), nn.Linear(8 * 8 * 8, 10)).eval()
+    asked = torch.arange(10).repeat_interleave(4)
+    gen = torch.Generator().manual_seed(3)
+    faint, faint_labels = P._optimise(teacher, (1, 8, 8), asked, P.STEPS, gen, P.TV_PER_SIDE, None, robust=False)
+    probes, labels = synthesize_probes(teacher, (1, 8, 8), 10, 4)
+    gen = torch.Generator().manual_seed(4)
+    assert faint.flatten(1).std(1).median() < 0.2 and P.fragility(teacher, faint, faint_labels, gen) > P.FRAGILE
+    assert torch.allclose(probes.flatten(1).std(1), torch.ones(len(probes)), atol=1e-3)
+    assert P.fragility(teacher, probes, labels, gen) <= P.FRAGILE
+    assert (labels == asked).float().mean() >= 0.6  # a tiny random teacher: most read as asked through the jitter
+
+
+def test_a_set_that_survives_noise_is_kept_as_optimised():
+    from stages.distill import probes as P
+
+    teacher = _teacher()
+    probes, labels = synthesize_probes(teacher, (1, 8, 8), 10, 4)
+    gen = torch.Generator().manual_seed(1234)
+    plain, plain_labels = P._optimise(teacher, (1, 8, 8), torch.arange(10).repeat_interleave(4), P.STEPS, gen,
+                                      P.TV_PER_SIDE, None, robust=False)
+    assert torch.equal(probes, plain) and torch.equal(labels, plain_labels)

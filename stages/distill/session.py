@@ -335,11 +335,18 @@ class Session:
                              self.done, self.resumed_from, self.stopped_by, self.estimate, self.probes_s)
 
 
-def _probe_announcer(count: int, inform: Callable[[str], None] | None) -> Callable[[float], None] | None:
+def _probe_announcer(count: int, inform: Callable[[str], None] | None) -> Callable[..., None] | None:
     if inform is None:
         return None
-    return lambda seconds: inform(f"distill: synthesizing {count} held-out probes for the stopping rule: about "
-                                  f"{seconds:.0f} s before the first iteration")
+
+    def announce(seconds: float, again: bool = False) -> None:
+        if again:
+            inform(f"distill: the teacher's labels on the probes break under mild noise: making them again, "
+                   f"robustly, about {seconds:.0f} s more")
+        else:
+            inform(f"distill: synthesizing {count} held-out probes for the stopping rule: about {seconds:.0f} s "
+                   "before the first iteration")
+    return announce
 
 
 def _rank_seed(seed: int, world: World) -> int:
