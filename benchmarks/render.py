@@ -42,6 +42,7 @@ COMMANDS = {
     "distill-resnet_small-s1": "python benchmarks/distill.py --teachers resnet_small --time-budget 600 --seeds 1 --name distill-resnet_small-s1",
     "distill-mlp": "python benchmarks/distill.py --teachers mlp --time-budget 600 --seeds 0,1 --name distill-mlp",
     "distill-digits": "python benchmarks/distill.py --teachers digits_cnn,digits_mlp_bn --name distill-digits",
+    "distill-gn_separable": "python benchmarks/distill.py --teachers gn_separable --seeds 0,1 --name distill-gn_separable",
     "replay-standard": "python benchmarks/replay.py --task digits --modes vae,none --seeds 0,1,2,3",
     "replay-class-by-class": "python benchmarks/replay.py --task digits --scenario class-by-class --modes vae,none --seeds 0,1",
     "scale-cuda": "python benchmarks/scale.py --device cuda",
