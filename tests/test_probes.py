@@ -86,8 +86,10 @@ def test_a_teacher_that_normalises_each_input_gets_probes_at_the_inputs_scale_th
     asked = torch.arange(10).repeat_interleave(4)
     gen = torch.Generator().manual_seed(3)
     faint, faint_labels = P._optimise(teacher, (1, 8, 8), asked, P.STEPS, gen, P.TV_PER_SIDE, None, robust=False)
-    probes, labels = synthesize_probes(teacher, (1, 8, 8), 10, 4)
+    made = P.make_probes(teacher, (1, 8, 8), 10, 4)
+    probes, labels = made.inputs, made.labels
     gen = torch.Generator().manual_seed(4)
+    assert made.robust
     assert faint.flatten(1).std(1).median() < 0.2 and P.fragility(teacher, faint, faint_labels, gen) > P.FRAGILE
     assert torch.allclose(probes.flatten(1).std(1), torch.ones(len(probes)), atol=1e-3)
     assert P.fragility(teacher, probes, labels, gen) <= P.FRAGILE
@@ -103,3 +105,4 @@ def test_a_set_that_survives_noise_is_kept_as_optimised():
     plain, plain_labels = P._optimise(teacher, (1, 8, 8), torch.arange(10).repeat_interleave(4), P.STEPS, gen,
                                       P.TV_PER_SIDE, None, robust=False)
     assert torch.equal(probes, plain) and torch.equal(labels, plain_labels)
+    assert not P.make_probes(teacher, (1, 8, 8), 10, 4, steps=20).robust

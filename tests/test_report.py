@@ -138,6 +138,10 @@ def test_markdown_tables(tmp_path):
     assert "| 90.00% | 0.500 |" in md  # the last evaluation's agreement and probe KL
     assert "| 7.5 s |" in md
     assert "| 0.23 |" in md  # the last evaluation's reach
+    report = _report()
+    report["distillation"]["probes_robust"] = True
+    write_reports(tmp_path, report)
+    assert "| 7.5 s, made twice: the first set broke under noise |" in (tmp_path / "report.md").read_text()
     # plots referenced from markdown exist as real PNGs beside it
     for name in ("distillation", "latency", "sizes"):
         assert f"](report_plots/{name}.png)" in md

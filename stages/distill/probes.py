@@ -12,6 +12,7 @@ faint pattern, and a student that follows the teacher on real inputs reads them 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -46,19 +47,34 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
     return side * ((x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., :, 1:] - x[..., :, :-1]).abs().mean())
 
 
-def synthesize_probes(teacher: nn.Module, shape: tuple[int, ...], num_classes: int, per_class: int,
-                      steps: int = STEPS, seed: int = 1234, device: torch.device | str = "cpu",
-                      tv: float = TV_PER_SIDE, announce: Callable[..., None] | None = None
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+@dataclass
+class ProbeSet:
+    inputs: torch.Tensor
+    labels: torch.Tensor  # the teacher's own
+    robust: bool  # made again robustly: the first set's labels broke under noise (FRAGILE)
+
+
+def make_probes(teacher: nn.Module, shape: tuple[int, ...], num_classes: int, per_class: int, steps: int = STEPS,
+                seed: int = 1234, device: torch.device | str = "cpu", tv: float = TV_PER_SIDE,
+                announce: Callable[..., None] | None = None) -> ProbeSet:
     """`announce(seconds)` is told, after the first steps, how long the set will take; `announce(seconds, True)`
     how long making it again robustly will take, where the first set is fragile."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
     targets = torch.arange(num_classes).repeat_interleave(per_class).to(device)
     tv = tv if len(shape) == 3 else 0.0  # images only
     x, labels = _optimise(teacher, shape, targets, steps, gen, tv, announce, robust=False)
-    if fragility(teacher, x, labels, gen) > FRAGILE:
-        x, labels = _optimise(teacher, shape, targets, steps, gen, tv, announce, robust=True)
-    return x, labels
+    if fragility(teacher, x, labels, gen) <= FRAGILE:
+        return ProbeSet(x, labels, robust=False)
+    return ProbeSet(*_optimise(teacher, shape, targets, steps, gen, tv, announce, robust=True), robust=True)
+
+
+def synthesize_probes(teacher: nn.Module, shape: tuple[int, ...], num_classes: int, per_class: int,
+                      steps: int = STEPS, seed: int = 1234, device: torch.device | str = "cpu",
+                      tv: float = TV_PER_SIDE, announce: Callable[..., None] | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The probes and the teacher's labels on them (make_probes)."""
+    probes = make_probes(teacher, shape, num_classes, per_class, steps, seed, device, tv, announce)
+    return probes.inputs, probes.labels
 
 
 def _standardised(v: torch.Tensor) -> torch.Tensor:

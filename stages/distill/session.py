@@ -19,7 +19,7 @@ from stages.distill.averaging import WeightAverage
 from stages.distill.config import DistillConfig
 from stages.distill.memory import NoReplay, VAEMemory
 from stages.distill.networks import VAE, auto_vae_width
-from stages.distill.probes import fit as probe_fit, synthesize_probes
+from stages.distill.probes import fit as probe_fit, make_probes
 from stages.distill.stopping import Pace, fitting_iterations, plateaued
 from stages.distill.synthesizer import build_synthesizer
 
@@ -40,6 +40,7 @@ class DistillResult:
     stopped_by: str = "iterations"  # iterations (the cap) | plateau | time-budget
     estimate: dict = field(default_factory=dict)  # the pace measured on the first iterations, and what it predicted
     probes_s: float = 0.0  # the probe set's synthesis, before the loop's clock starts
+    probes_robust: bool = False  # the probe set was made again robustly (probes.make_probes)
 
     @property
     def vae(self) -> VAE | None:
@@ -159,11 +160,13 @@ class Session:
         self.shipped = self.average.model if self.average is not None else self.student  # evaluated and returned
         self.steer = steer
         self.probes, self.probe_labels, self.probe_log_probs, self.probes_s = None, None, None, 0.0
+        self.probes_robust = False
         if world.is_main:
             t0 = time.perf_counter()
             announce = _probe_announcer(num_classes * cfg.probe_per_class, inform)
-            self.probes, self.probe_labels = synthesize_probes(self.teacher, shape, num_classes, cfg.probe_per_class,
-                                                               seed=seed + 1234, device=device, announce=announce)
+            probes = make_probes(self.teacher, shape, num_classes, cfg.probe_per_class, seed=seed + 1234,
+                                 device=device, announce=announce)
+            self.probes, self.probe_labels, self.probes_robust = probes.inputs, probes.labels, probes.robust
             self.probes_s = time.perf_counter() - t0
             with torch.no_grad():
                 self.probe_log_probs = torch.log_softmax(self.teacher(self.probes), dim=1)
@@ -332,7 +335,8 @@ class Session:
         if self.vae is not None:
             self.memory.trainer = self.vae  # the DDP wrapper dies with the process group
         return DistillResult(self.shipped, self.synth.generator, self.memory, self.history, self.wall_s,
-                             self.done, self.resumed_from, self.stopped_by, self.estimate, self.probes_s)
+                             self.done, self.resumed_from, self.stopped_by, self.estimate, self.probes_s,
+                             self.probes_robust)
 
 
 def _probe_announcer(count: int, inform: Callable[[str], None] | None) -> Callable[..., None] | None:

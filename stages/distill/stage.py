@@ -144,6 +144,7 @@ def _finish(cfg, out: Path, run: dict, result: DistillResult, s_spec: dict, spec
         "wall_s": round(result.wall_s, 2),
         "estimate": result.estimate,
         "probes_s": round(result.probes_s, 2),
+        "probes_robust": result.probes_robust,
         "verdict": verdict(last.get("agreement"), last.get("train_agreement"), cfg.distill.min_agreement),
         "history": result.history,
         "student_params": param_count(result.student),
