@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from stages.distill import probes as P
 from stages.distill.probes import agreement, divergence, fit, synthesize_probes, total_variation
 
 
@@ -77,8 +78,6 @@ def test_divergence_is_zero_for_the_teacher_and_falls_as_a_student_learns_it():
 
 
 def test_a_teacher_that_normalises_each_input_gets_probes_at_the_inputs_scale_that_survive_noise():
-    from stages.distill import probes as P
-
     torch.manual_seed(0)
     # GroupNorm after a bias-free convolution: the teacher reads x and 0.01 x alike, so nothing pins the probes' scale
     teacher = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.GroupNorm(2, 8), nn.ReLU(),
@@ -97,8 +96,6 @@ def test_a_teacher_that_normalises_each_input_gets_probes_at_the_inputs_scale_th
 
 
 def test_a_set_that_survives_noise_is_kept_as_optimised():
-    from stages.distill import probes as P
-
     teacher = _teacher()
     probes, labels = synthesize_probes(teacher, (1, 8, 8), 10, 4)
     gen = torch.Generator().manual_seed(1234)

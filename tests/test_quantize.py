@@ -155,6 +155,12 @@ def test_fine_tuning_batches_mix_vae_and_generator_samples_and_fall_back_to_the_
     assert from_generator(sources["mixed"](16)).all()
 
 
+def _input_scale(path) -> float:
+    graph = onnx.load(str(path)).graph
+    first = next(n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "input")
+    return float(next(numpy_helper.to_array(i) for i in graph.initializer if i.name == first.input[1]))
+
+
 def test_the_input_quantizer_holds_the_pixel_range_the_calibration_samples_miss(tmp_path):
     torch.manual_seed(3)
     model = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(288, 10)).eval()
@@ -170,21 +176,12 @@ def test_the_input_quantizer_holds_the_pixel_range_the_calibration_samples_miss(
                        "noise", torch.randn(1, 1, 8, 8), input_range=input_range)
         path = export_onnx(res.model, tmp_path / f"{input_range is not None}.onnx", torch.randn(1, 1, 8, 8))
         out = ort.InferenceSession(str(path)).run(None, {"input": real.numpy()})[0]
-        graph = onnx.load(str(path)).graph
-        first = next(n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "input")
-        scale = next(numpy_helper.to_array(i) for i in graph.initializer if i.name == first.input[1])
-        return np.abs(out - expected).mean(), float(scale) * 127
+        return np.abs(out - expected).mean(), _input_scale(path) * 127
 
     clipped_error, clipped_top = quantized(None)
     error, top = quantized((-0.5, 3.0))
     assert clipped_top < 1.5 and top >= 2.95
     assert error < 0.5 * clipped_error
-
-
-def _input_scale(path) -> float:
-    graph = onnx.load(str(path)).graph
-    first = next(n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "input")
-    return float(next(numpy_helper.to_array(i) for i in graph.initializer if i.name == first.input[1]))
 
 
 @pytest.mark.parametrize("scheme", ["tensorrt", "onnxruntime"])

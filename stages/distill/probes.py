@@ -32,7 +32,7 @@ STEPS = 300
 # Steps timed (after a warm-up one) before the whole set's time is announced.
 ANNOUNCE_AFTER = 3
 # A probe set is fragile when the teacher's label changes on more than this fraction of it under Gaussian noise of
-# FRAGILITY_NOISE (normalised input units); the zoo's teachers stay at or below 0.09, a GroupNorm CNN's set at 0.48.
+# FRAGILITY_NOISE (normalised input units); the zoo's teachers stay at or below 0.10, a GroupNorm CNN's set at 0.48.
 FRAGILE = 0.25
 FRAGILITY_NOISE = 0.2
 # What a robust set's probes are read through at every step: a shift of up to this many pixels, and noise.
@@ -56,9 +56,9 @@ class ProbeSet:
 
 def make_probes(teacher: nn.Module, shape: tuple[int, ...], num_classes: int, per_class: int, steps: int = STEPS,
                 seed: int = 1234, device: torch.device | str = "cpu", tv: float = TV_PER_SIDE,
-                announce: Callable[..., None] | None = None) -> ProbeSet:
-    """`announce(seconds)` is told, after the first steps, how long the set will take; `announce(seconds, True)`
-    how long making it again robustly will take, where the first set is fragile."""
+                announce: Callable[[float, bool], None] | None = None) -> ProbeSet:
+    """`announce(seconds, again)` is told, after the first steps, how long the set will take (`again` False), and
+    how long making it again robustly will take where the first set is fragile (`again` True)."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
     targets = torch.arange(num_classes).repeat_interleave(per_class).to(device)
     tv = tv if len(shape) == 3 else 0.0  # images only
@@ -70,7 +70,7 @@ def make_probes(teacher: nn.Module, shape: tuple[int, ...], num_classes: int, pe
 
 def synthesize_probes(teacher: nn.Module, shape: tuple[int, ...], num_classes: int, per_class: int,
                       steps: int = STEPS, seed: int = 1234, device: torch.device | str = "cpu",
-                      tv: float = TV_PER_SIDE, announce: Callable[..., None] | None = None
+                      tv: float = TV_PER_SIDE, announce: Callable[[float, bool], None] | None = None
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """The probes and the teacher's labels on them (make_probes)."""
     probes = make_probes(teacher, shape, num_classes, per_class, steps, seed, device, tv, announce)
@@ -83,7 +83,7 @@ def _standardised(v: torch.Tensor) -> torch.Tensor:
 
 
 def _optimise(teacher: nn.Module, shape: tuple[int, ...], targets: torch.Tensor, steps: int, gen: torch.Generator,
-              tv: float, announce: Callable[..., None] | None, robust: bool) -> tuple[torch.Tensor, torch.Tensor]:
+              tv: float, announce: Callable[[float, bool], None] | None, robust: bool) -> tuple[torch.Tensor, torch.Tensor]:
     device = targets.device
     v = torch.randn((len(targets), *shape), generator=gen).to(device).requires_grad_(True)
     opt = torch.optim.Adam([v], lr=0.1)
@@ -93,8 +93,7 @@ def _optimise(teacher: nn.Module, shape: tuple[int, ...], targets: torch.Tensor,
             if step == 1:
                 started = time.perf_counter()
             if announce is not None and step == 1 + ANNOUNCE_AFTER:
-                seconds = (time.perf_counter() - started) / ANNOUNCE_AFTER * steps
-                announce(seconds, True) if robust else announce(seconds)
+                announce((time.perf_counter() - started) / ANNOUNCE_AFTER * steps, robust)
             x = _standardised(v) if robust else v
             seen = _jittered(x, gen) if robust else x
             with bn:

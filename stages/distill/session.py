@@ -339,11 +339,11 @@ class Session:
                              self.probes_robust)
 
 
-def _probe_announcer(count: int, inform: Callable[[str], None] | None) -> Callable[..., None] | None:
+def _probe_announcer(count: int, inform: Callable[[str], None] | None) -> Callable[[float, bool], None] | None:
     if inform is None:
         return None
 
-    def announce(seconds: float, again: bool = False) -> None:
+    def announce(seconds: float, again: bool) -> None:
         if again:
             inform(f"distill: the teacher's labels on the probes break under mild noise: making them again, "
                    f"robustly, about {seconds:.0f} s more")
