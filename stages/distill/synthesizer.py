@@ -4,7 +4,9 @@ A synthesizer owns its generator(s) and optimiser and the hooks it needs on the 
 the loop calls `step(student, batch, focus)` once (learn to make samples the teacher finds plausible and the
 student gets wrong; `synthesis_steps` generator updates), then `sample(n)` for every student step. All of them
 minimise the same objective (criteria.py): adversarial disagreement, the teacher's BatchNorm statistics,
-class balance, confidence and activation.
+class balance, confidence and activation. Images are read through a random translation of up to `max_shift`
+pixels (DeepInversion's jitter), so the generator learns inputs the teacher reads alike when moved, as
+real ones are, rather than patterns it recognises at one position only.
 
   adversarial  one persistent generator from noise to inputs (DFAD, PRE-DFKD).
   meta         a persistent meta-generator; each round a copy of it learns for a few steps and serves the
@@ -27,12 +29,29 @@ from stages.distill import criteria
 from stages.distill.config import DistillConfig
 from stages.distill.networks import build_generator
 
+def max_shift(shape: tuple[int, ...]) -> int:
+    """The jitter for an input shape: about a fourteenth of an image's shorter side (two pixels on MNIST's 28),
+    at least one; none for inputs that are not images."""
+    return max(1, min(shape[1:]) // 14) if len(shape) == 3 else 0
+
+
+def jitter(x: torch.Tensor, shift: int) -> torch.Tensor:
+    """The batch rolled by one random translation of at most `shift` pixels along each axis."""
+    if shift == 0:
+        return x
+    dy, dx = torch.randint(-shift, shift + 1, (2,)).tolist()
+    return torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+
+
 class AdversarialSynthesizer:
     """PRE-DFKD's generator: one persistent network from noise to inputs, trained against the student with the
-    teacher's priors."""
+    teacher's priors. `shift` is the objective's jitter (max_shift); none for a model quantized as it is, whose
+    calibration needs its own ranges, not a student's neighbourhood."""
 
-    def __init__(self, cfg: DistillConfig, teacher: nn.Module, shape: tuple[int, ...], device: torch.device):
+    def __init__(self, cfg: DistillConfig, teacher: nn.Module, shape: tuple[int, ...], device: torch.device,
+                 shift: int = 0):
         self.cfg, self.teacher, self.shape, self.device = cfg, teacher, shape, device
+        self.shift = shift
         self.latent_dim = cfg.latent_dim
         self.generator = build_generator(cfg.latent_dim, shape, width=cfg.generator_width).to(device)
         self.trainer: nn.Module = self.generator  # the learner, or a DDP wrapper around it under torchrun
@@ -55,6 +74,7 @@ class AdversarialSynthesizer:
         """The generator's loss on a batch it made; with `labels`, cross-entropy to the asked classes replaces
         the confidence term (and class balance, which the labels already give). Without a student (a model
         quantized as it is) there is nothing to disagree with: the teacher's priors alone."""
+        x = jitter(x, self.shift)
         with self.bn:
             t_logits = self.teacher(x)
             bn_loss = self.bn.loss()
@@ -116,8 +136,9 @@ class MetaSynthesizer(AdversarialSynthesizer):
 
     REPTILE_RATE = 0.5  # how far the meta-weights move towards the round's learnt copy
 
-    def __init__(self, cfg: DistillConfig, teacher: nn.Module, shape: tuple[int, ...], device: torch.device):
-        super().__init__(cfg, teacher, shape, device)
+    def __init__(self, cfg: DistillConfig, teacher: nn.Module, shape: tuple[int, ...], device: torch.device,
+                 shift: int = 0):
+        super().__init__(cfg, teacher, shape, device, shift)
         self.fast = copy.deepcopy(self.generator)
         self.trainer = self.fast
 
@@ -172,8 +193,8 @@ class ConditionalSynthesizer(AdversarialSynthesizer):
     """Samples that each ask the teacher for one class, balanced over the classes (or the focus group)."""
 
     def __init__(self, cfg: DistillConfig, teacher: nn.Module, shape: tuple[int, ...], device: torch.device,
-                 num_classes: int):
-        super().__init__(cfg, teacher, shape, device)
+                 num_classes: int, shift: int = 0):
+        super().__init__(cfg, teacher, shape, device, shift)
         self.num_classes = num_classes
         self.condition = _NoisyEmbedding(num_classes, cfg.latent_dim).to(device)
         self.opt = self._optimizer(list(self.generator.parameters()) + list(self.condition.parameters()))
@@ -205,8 +226,10 @@ class ConditionalSynthesizer(AdversarialSynthesizer):
 
 def build_synthesizer(cfg: DistillConfig, teacher: nn.Module, shape: tuple[int, ...], device: torch.device,
                       num_classes: int) -> AdversarialSynthesizer:
+    """The distillation's synthesizer, with the jitter for its input shape."""
+    shift = max_shift(shape)
     if cfg.synthesizer == "meta":
-        return MetaSynthesizer(cfg, teacher, shape, device)
+        return MetaSynthesizer(cfg, teacher, shape, device, shift)
     if cfg.synthesizer == "conditional":
-        return ConditionalSynthesizer(cfg, teacher, shape, device, num_classes)
-    return AdversarialSynthesizer(cfg, teacher, shape, device)
+        return ConditionalSynthesizer(cfg, teacher, shape, device, num_classes, shift)
+    return AdversarialSynthesizer(cfg, teacher, shape, device, shift)
