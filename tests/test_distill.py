@@ -11,11 +11,12 @@ from torch import nn
 
 from pipeline.config import load_config
 from core.errors import UsageError
-from stages.distill import criteria
+from stages.distill import criteria, synthesizer
 from stages.distill.averaging import WeightAverage
 from stages.distill.engine import build_memory, build_vae, distill, expected_accuracy, largest_drop, vae_memory
 from stages.distill.memory import NoReplay, VAEMemory
 from stages.distill.networks import VAE, auto_vae_width, build_student, param_count, student_spec
+from stages.distill.synthesizer import build_synthesizer
 
 SHAPE = (1, 8, 8)
 
@@ -178,6 +179,30 @@ def test_generator_objective_is_a_switchable_weighted_sum():
     terms = {"adversarial": torch.tensor(-2.0), "bn": torch.tensor(3.0), "balance": torch.tensor(-1.0)}
     assert criteria.generator_objective({"adversarial": 1.0, "bn": 0.5, "balance": 0.0}, terms).item() == pytest.approx(-0.5)
     assert criteria.generator_objective({"bn": 0.0}, terms).item() == 0.0
+
+
+@pytest.mark.parametrize("shape", [SHAPE, (64,)])
+def test_the_generator_objective_reads_images_moved_and_other_inputs_as_they_are(shape):
+    """The teacher and the student see the synthesizer's images through one random translation per batch, of
+    at most max_shift pixels each way, so the generator learns inputs the teacher reads alike when moved;
+    flat inputs (tabular, or a flattened MLP's) are read as made."""
+    teacher = TinyTeacher() if len(shape) == 3 else nn.Sequential(nn.Linear(64, 10))
+    synth = build_synthesizer(_smoke_cfg(), teacher, shape, torch.device("cpu"), 10)
+    seen = []
+    teacher.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().clone()))
+    x = torch.randn(4, *shape)
+    try:
+        for _ in range(60):
+            synth.objective(x, None, None)
+    finally:
+        synth.close()
+    if len(shape) == 1:
+        assert synthesizer.max_shift(shape) == 0 and all(torch.equal(v, x) for v in seen)
+        return
+    assert synthesizer.max_shift(shape) == 1 and synthesizer.max_shift((1, 28, 28)) == 2
+    rolls = {(dy, dx): torch.roll(x, (dy, dx), (2, 3)) for dy in (-1, 0, 1) for dx in (-1, 0, 1)}
+    moves = [next(k for k, r in rolls.items() if torch.equal(v, r)) for v in seen]  # StopIteration: another move
+    assert len(set(moves)) == 9  # every translation within reach is drawn
 
 
 # ---- memories -------------------------------------------------------------------------------------------
