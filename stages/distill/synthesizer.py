@@ -30,9 +30,10 @@ from stages.distill.config import DistillConfig
 from stages.distill.networks import build_generator
 
 def max_shift(shape: tuple[int, ...]) -> int:
-    """The jitter for an input shape: about a fourteenth of an image's shorter side (two pixels on MNIST's 28),
-    at least one; none for inputs that are not images."""
-    return max(1, min(shape[1:]) // 14) if len(shape) == 3 else 0
+    """The jitter for an input shape: a fourteenth of an image's shorter side, rounded down (two pixels on
+    MNIST's 28), so none on images under 14 pixels, where one pixel is already a large move; none for inputs
+    that are not images."""
+    return min(shape[1:]) // 14 if len(shape) == 3 else 0
 
 
 def jitter(x: torch.Tensor, shift: int) -> torch.Tensor:
