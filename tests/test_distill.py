@@ -16,7 +16,6 @@ from stages.distill.averaging import WeightAverage
 from stages.distill.engine import build_memory, build_vae, distill, expected_accuracy, largest_drop, vae_memory
 from stages.distill.memory import NoReplay, VAEMemory
 from stages.distill.networks import VAE, auto_vae_width, build_student, param_count, student_spec
-from stages.distill.synthesizer import build_synthesizer
 
 SHAPE = (1, 8, 8)
 
@@ -183,25 +182,31 @@ def test_generator_objective_is_a_switchable_weighted_sum():
 
 @pytest.mark.parametrize("shape, shift", [((1, 16, 16), 1), (SHAPE, 0), ((64,), 0)])
 def test_the_generator_objective_reads_images_moved_and_small_or_flat_inputs_as_they_are(shape, shift):
-    """The teacher and the student see the synthesizer's images through one random translation per batch, of
-    at most max_shift pixels each way, so the generator learns inputs the teacher reads alike when moved;
+    """The teacher and the student see the synthesizer's images through the same random translation per batch,
+    of at most max_shift pixels each way, so the generator learns inputs the teacher reads alike when moved;
     images under 14 pixels a side and flat inputs (tabular features, pixels given as a vector) are read as made."""
-    teacher = TinyTeacher() if len(shape) == 3 else nn.Linear(64, 10)
-    synth = build_synthesizer(_smoke_cfg(), teacher, shape, torch.device("cpu"), 10)
-    seen = []
-    teacher.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().clone()))
+    def model():
+        return TinyTeacher() if len(shape) == 3 else nn.Linear(64, 10)
+
+    teacher, student = model().eval(), model().eval()
+    synth = synthesizer.build_synthesizer(_smoke_cfg(), teacher, shape, torch.device("cpu"), 10)
+    seen = {teacher: [], student: []}
+    for m in seen:
+        m.register_forward_pre_hook(lambda m, args: seen[m].append(args[0].detach().clone()))
     x = torch.randn(4, *shape)
     try:
         for _ in range(60):
-            synth.objective(x, None, None)
+            synth.objective(x, student, None)
     finally:
         synth.close()
     assert synthesizer.max_shift(shape) == shift and synthesizer.max_shift((1, 28, 28)) == 2
+    assert all(torch.equal(t, s) for t, s in zip(seen[teacher], seen[student], strict=True))
     if shift == 0:
-        assert all(torch.equal(v, x) for v in seen)
+        assert all(torch.equal(v, x) for v in seen[teacher])
         return
     rolls = {(dy, dx): torch.roll(x, (dy, dx), (2, 3)) for dy in (-1, 0, 1) for dx in (-1, 0, 1)}
-    moves = [next(k for k, r in rolls.items() if torch.equal(v, r)) for v in seen]  # StopIteration: another move
+    # StopIteration here: a move that is no translation within reach
+    moves = [next(k for k, r in rolls.items() if torch.equal(v, r)) for v in seen[teacher]]
     assert len(set(moves)) == 9  # every translation within reach is drawn
 
 
