@@ -238,7 +238,7 @@ class Recorder:
             with self.parts.inside("evaluation"):
                 return after(s, step, started, *args, **kwargs)
         session.Session.after_iteration = after_iteration
-        session.synthesize_probes = self._probes(session.synthesize_probes, probe_steps)
+        session.make_probes = self._probes(session.make_probes, probe_steps)
 
     def _wrap(self, owner, attr: str, part: str) -> None:
         original = getattr(owner, attr)
