@@ -1,9 +1,10 @@
-"""Perturbations of the student's KD batch. The teacher labels the perturbed inputs, so the student learns
+"""Perturbations of inputs, chiefly of the student's KD batch (`translate` also serves the generator's objective
+and the robust probes). The teacher labels the perturbed KD inputs, so the student learns
 the teacher in a neighbourhood of each synthetic sample rather than on the sample alone: the synthetic
 distribution is narrow, the real one is not, and a student that matches the teacher only on the
 generator's points generalises worse to real data than one that matches it around them.
 
-All draws come from torch's global generator, so a checkpointed RNG state resumes them exactly.
+All draws come from torch's global generator unless one is given, so a checkpointed RNG state resumes them exactly.
 `toward_disagreement` draws nothing: it moves samples along the gradient of the student's disagreement.
 """
 
@@ -13,6 +14,14 @@ import torch
 from torch import nn
 
 from stages.distill import criteria
+
+
+def translate(x: torch.Tensor, shift: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A batch of images rolled by one random translation of at most `shift` pixels along each axis."""
+    if shift == 0:
+        return x
+    dy, dx = torch.randint(-shift, shift + 1, (2,), generator=generator).tolist()
+    return torch.roll(x, shifts=(dy, dx), dims=(2, 3))
 
 
 def perturb(x: torch.Tensor, noise: float) -> torch.Tensor:

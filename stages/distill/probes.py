@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stages.distill import augment
 from stages.distill.criteria import BNStatistics
 
 # Weight of the probes' total variation per pixel of image side (see total_variation). Without the prior, probes
@@ -114,8 +115,7 @@ def _optimise(teacher: nn.Module, shape: tuple[int, ...], targets: torch.Tensor,
 def _jittered(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """`x` shifted by up to ROBUST_SHIFT pixels (images) and with ROBUST_NOISE of Gaussian noise."""
     if x.dim() == 4:
-        dy, dx = (int(d) for d in torch.randint(-ROBUST_SHIFT, ROBUST_SHIFT + 1, (2,), generator=gen))
-        x = torch.roll(x, (dy, dx), (2, 3))
+        x = augment.translate(x, ROBUST_SHIFT, gen)
     return x + ROBUST_NOISE * torch.randn(x.shape, generator=gen).to(x.device)
 
 

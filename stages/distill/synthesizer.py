@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stages.distill import criteria
+from stages.distill import augment, criteria
 from stages.distill.config import DistillConfig
 from stages.distill.networks import build_generator
 
@@ -34,14 +34,6 @@ def max_shift(shape: tuple[int, ...]) -> int:
     MNIST's 28), so none on images under 14 pixels, where one pixel is already a large move; none for inputs
     that are not images."""
     return min(shape[1:]) // 14 if len(shape) == 3 else 0
-
-
-def jitter(x: torch.Tensor, shift: int) -> torch.Tensor:
-    """The batch rolled by one random translation of at most `shift` pixels along each axis."""
-    if shift == 0:
-        return x
-    dy, dx = torch.randint(-shift, shift + 1, (2,)).tolist()
-    return torch.roll(x, shifts=(dy, dx), dims=(2, 3))
 
 
 class AdversarialSynthesizer:
@@ -75,7 +67,7 @@ class AdversarialSynthesizer:
         """The generator's loss on a batch it made; with `labels`, cross-entropy to the asked classes replaces
         the confidence term (and class balance, which the labels already give). Without a student (a model
         quantized as it is) there is nothing to disagree with: the teacher's priors alone."""
-        x = jitter(x, self.shift)
+        x = augment.translate(x, self.shift)
         with self.bn:
             t_logits = self.teacher(x)
             bn_loss = self.bn.loss()
