@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from stages.distill.config import DistillConfig
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 # Imported from benchmarks/, which then leaves sys.path: its models.py must not shadow other tests' imports.
@@ -37,3 +42,21 @@ def test_teacher_passes_count_samples_forward_and_backward_by_part():
     assert passes.forward == {"labels": 5, "attack": 3, "generator": 4}
     assert passes.backward == {"attack": 3, "generator": 2}
 
+
+
+def test_a_row_runs_the_stages_loop_and_attributes_its_parts(tmp_path):
+    """One row in its own process, as the benchmark spawns it: the recorder's patches reach the loop as it is now
+    (a renamed function it wraps fails the row), every part of an iteration gets its teacher passes, and the probe
+    synthesis is timed."""
+    out = tmp_path / "row.json"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, str(BENCH / "scale.py"), "--row", "digits", "--threads", "1", "--device",
+                        "cpu", "--iterations", "4", "--row-out", str(out)], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    row = json.loads(out.read_text())
+    assert row["iterations"] == 4 and row["timed"] == 3
+    assert row["probe_s"] > 0
+    for part in ("generator step", "attack", "KD labelling", "VAE memory"):
+        assert row["forward"][part] > 0, part
+    assert row["backward"]["generator step"] > 0 and row["backward"]["attack"] > 0
+    assert row["forward"]["KD labelling"] == DistillConfig.kd_steps * DistillConfig.batch_size
