@@ -130,8 +130,28 @@ def zoo_parts(name: str, seed: int):
     return cfg, teacher, student, generator, memory, tuple(spec.input_shape), x_train, x_test, y_test
 
 
-def source_rows(name: str, args, cfg, teacher, student, generator, memory, shape, x_train, x_test, y_test) -> list[list]:
-    """One row per calibration source: FP32, INT8 from calibration alone and after QAT, and their times."""
+def input_range(task: str) -> tuple[float, float]:
+    """The pixel range the task's input contract gives, which stage 2's input quantizers hold."""
+    from core.teacher import pixel_range
+
+    if task == "digits":
+        from core.tasks import digits
+
+        return pixel_range(digits.INPUT_SHAPE, digits.MEAN, digits.STD)
+    if task == "mnist":
+        import mnist
+
+        return pixel_range(mnist.INPUT_SHAPE, [mnist.MEAN], [mnist.STD])
+    import zoo
+
+    entry = zoo.ZOO[task]
+    return pixel_range(entry.input_shape, [entry.mean], [entry.std])
+
+
+def source_rows(name: str, args, cfg, teacher, student, generator, memory, shape, x_train, x_test, y_test, *,
+                pixels: tuple[float, float]) -> list[list]:
+    """One row per calibration source: FP32, INT8 from calibration alone and after QAT, and their times. As in
+    stage 2, the input's quantizers hold the task's pixel range (`pixels`)."""
     q = cfg.quantize
     example = torch.randn(1, *shape)
     fp32_path = export_onnx(student, CACHE / f"{name}-fp32.onnx", example)
@@ -153,7 +173,7 @@ def source_rows(name: str, args, cfg, teacher, student, generator, memory, shape
             cfg_q = type(q)(**{**q.__dict__, "qat_steps": steps})
             t0 = time.perf_counter()
             res = quantize(student, teacher, batches, qat_batch, cfg_q, get_target(args.target).scheme, source, example,
-                           kd_loss=cfg.distill.kd_loss)
+                           kd_loss=cfg.distill.kd_loss, kd_temperature=cfg.distill.kd_temperature, input_range=pixels)
             path = export_onnx(res.model, CACHE / f"{name}-{source}-{steps}.onnx", example)
             tidy_qdq(path)
             times.append(time.perf_counter() - t0)
@@ -167,8 +187,8 @@ def source_rows(name: str, args, cfg, teacher, student, generator, memory, shape
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--task", default="digits", choices=["digits", "mnist", "both", "zoo"])
-    ap.add_argument("--teachers", default="wide_shallow,strided_cnn,bn_cnn,resnet_small,lenet5,mlp,digits_cnn,"
-                    "digits_mlp_bn", help="--task zoo: the zoo teachers whose kept students to quantize")
+    ap.add_argument("--teachers", default="wide_shallow,gn_separable,strided_cnn,bn_cnn,resnet_small,lenet5,mlp,"
+                    "digits_cnn,digits_mlp_bn", help="--task zoo: the zoo teachers whose kept students to quantize")
     ap.add_argument("--target", default="jetson", choices=list(TARGETS))
     ap.add_argument("--preset", default="default")
     ap.add_argument("--sources", default="generator,mixed,vae,noise,real")
@@ -194,7 +214,7 @@ def main() -> None:
         pairs = [(name, int(seed)) for name in args.teachers.split(",") for seed in args.seeds.split(",")]
         missing = [f"{name} s{seed}" for name, seed in pairs if kept_run(name, seed) is None]
         rows = [row for name, seed in pairs if kept_run(name, seed) is not None
-                for row in source_rows(f"{name} s{seed}", args, *zoo_parts(name, seed))]
+                for row in source_rows(f"{name} s{seed}", args, *zoo_parts(name, seed), pixels=input_range(name))]
         tab = results.table(
             f"INT8 ({args.target} scheme) of the zoo's distilled students by calibration source: real test-split "
             "accuracy of the ONNX models in onnxruntime", ["student", "calibration", "FP32", "INT8 calib only",
@@ -213,7 +233,7 @@ def main() -> None:
             f"INT8 ({args.target} scheme) from synthetic calibration, {name}: real test-split accuracy of the ONNX "
             "models in onnxruntime",
             ["task", "calibration", "FP32", "INT8 calib only", "INT8 after QAT", "QAT - FP32 (pt)", "time calib s",
-             "time QAT s"], source_rows(name, args, *parts),
+             "time QAT s"], source_rows(name, args, *parts, pixels=input_range(name)),
             notes="The FP32 student is the seed's distilled student of the preset; `real` (the task's training "
                   "images) is the upper bound, which the pipeline never has.")
         results.show(results.write(f"quantize-{name}", [tab], results.command_line(__file__), settings))
