@@ -210,6 +210,32 @@ def test_the_generator_objective_reads_images_moved_and_small_or_flat_inputs_as_
     assert len(set(moves)) == 9  # every translation within reach is drawn
 
 
+def test_a_conditional_run_saves_the_sampler_that_stage_2_rebuilds(tmp_path):
+    """A conditional run's saved generator draws as its synthesizer did (every class asked for equally, through the
+    round's noisy layer), and stage 2's rebuild from the file draws the same samples; a file holding the bare
+    generator (fed noise, it makes what the student never learnt from) is refused rather than calibrated on."""
+    from core import workdir as wd
+    from core.errors import RunError
+    from stages.distill.networks import build_generator, build_sampler
+
+    cfg = _smoke_cfg(synthesizer="conditional", iterations=2)
+    res = distill(cfg, TinyTeacher().eval(), _student(), SHAPE, tmp_path / "run", torch.device("cpu"))
+    path = wd.save_module(res.generator, tmp_path / "generator.safetensors")
+    loaded = wd.load_module(build_sampler("conditional", cfg.latent_dim, SHAPE, 10, cfg.generator_width), path)
+    asked = []
+    loaded.condition.embedding.register_forward_hook(lambda m, args, out: asked.append(args[0]))
+    made = []
+    for sampler in (res.generator.eval(), loaded.eval()):
+        torch.manual_seed(3)
+        with torch.no_grad():
+            made.append(sampler(torch.randn(40, cfg.latent_dim)))
+    assert torch.equal(made[0], made[1])
+    assert torch.bincount(asked[0], minlength=10).tolist() == [4] * 10
+    bare = wd.save_module(build_generator(cfg.latent_dim, SHAPE, width=cfg.generator_width), tmp_path / "bare.safetensors")
+    with pytest.raises(RunError, match="does not fit"):
+        wd.load_module(build_sampler("conditional", cfg.latent_dim, SHAPE, 10, cfg.generator_width), bare)
+
+
 # ---- memories -------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("shape", [SHAPE, (12,)])

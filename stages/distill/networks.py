@@ -45,6 +45,54 @@ class ImageDecoder(nn.Module):
         return self.out_bn(torch.tanh(self.head(x)))
 
 
+class NoisyEmbedding(nn.Module):
+    """Class embedding and noise -> a generator's latent, through a layer the conditional synthesizer draws afresh
+    every round (NAYER's noisy layer)."""
+
+    def __init__(self, num_classes: int, latent_dim: int):
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.embedding = nn.Embedding(num_classes, latent_dim)
+        self.noisy = nn.Sequential(nn.Linear(2 * latent_dim, latent_dim), nn.BatchNorm1d(latent_dim))
+
+    def redraw(self) -> None:
+        for m in self.noisy:
+            m.reset_parameters()
+
+    def forward(self, labels: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        if noise is None:
+            noise = torch.randn(len(labels), self.latent_dim, device=labels.device)
+        return self.noisy(torch.cat([self.embedding(labels), noise], 1))
+
+
+class ConditionalSampler(nn.Module):
+    """noise -> samples as the conditional synthesizer draws them: each asks for a class, every class equally
+    (in a random order), through the round's noisy layer. What its runs save as their generator, so that stage 2
+    calibrates on the samples the student learnt from, not on the bare generator fed noise it never saw."""
+
+    def __init__(self, condition: NoisyEmbedding, generator: nn.Module, num_classes: int):
+        super().__init__()
+        self.condition, self.generator, self.num_classes = condition, generator, num_classes
+
+    def labels(self, n: int, device: torch.device, classes: list[int] | None = None) -> torch.Tensor:
+        """`n` requested classes, balanced over `classes` (default: all of them)."""
+        group = torch.as_tensor(classes if classes else range(self.num_classes), device=device)
+        return group[torch.arange(n, device=device) % len(group)]
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        labels = self.labels(len(z), z.device)[torch.randperm(len(z), device=z.device)]
+        return self.generator(self.condition(labels, z))
+
+
+def build_sampler(synthesizer: str, latent_dim: int, shape: tuple[int, ...], num_classes: int,
+                  width: int = 64) -> nn.Module:
+    """The module a run of `synthesizer` saves as its generator (noise -> samples), for stage 2 to rebuild."""
+    generator = build_generator(latent_dim, shape, width=width)
+    if synthesizer == "conditional":
+        return ConditionalSampler(NoisyEmbedding(num_classes, latent_dim), generator, num_classes)
+    return generator
+
+
 class VectorDecoder(nn.Module):
     """latent -> [D]: an MLP with BatchNorm1d."""
 

@@ -334,7 +334,7 @@ class Session:
         parallel.check_in_sync(models, self.world)
         if self.vae is not None:
             self.memory.trainer = self.vae  # the DDP wrapper dies with the process group
-        return DistillResult(self.shipped, self.synth.generator, self.memory, self.history, self.wall_s,
+        return DistillResult(self.shipped, self.synth.sampler, self.memory, self.history, self.wall_s,
                              self.done, self.resumed_from, self.stopped_by, self.estimate, self.probes_s,
                              self.probes_robust)
 

@@ -27,7 +27,7 @@ from torch import nn
 
 from stages.distill import augment, criteria
 from stages.distill.config import DistillConfig
-from stages.distill.networks import build_generator
+from stages.distill.networks import ConditionalSampler, NoisyEmbedding, build_generator
 
 def max_shift(shape: tuple[int, ...]) -> int:
     """The jitter for an input shape: a fourteenth of an image's shorter side, rounded down (two pixels on
@@ -57,6 +57,11 @@ class AdversarialSynthesizer:
     @property
     def learner(self) -> nn.Module:
         """The network `step` trains: under torchrun its gradients are averaged over the processes."""
+        return self.generator
+
+    @property
+    def sampler(self) -> nn.Module:
+        """noise -> samples, as `sample` draws them: what the run saves as its generator (networks.build_sampler)."""
         return self.generator
 
     def _optimizer(self, params) -> torch.optim.Optimizer:
@@ -164,24 +169,6 @@ class MetaSynthesizer(AdversarialSynthesizer):
         return {"generator": self.generator, "fast": self.fast}
 
 
-class _NoisyEmbedding(nn.Module):
-    """Class embedding and noise -> the generator's latent, through a layer drawn afresh every round."""
-
-    def __init__(self, num_classes: int, latent_dim: int):
-        super().__init__()
-        self.latent_dim = latent_dim
-        self.embedding = nn.Embedding(num_classes, latent_dim)
-        self.noisy = nn.Sequential(nn.Linear(2 * latent_dim, latent_dim), nn.BatchNorm1d(latent_dim))
-
-    def redraw(self) -> None:
-        for m in self.noisy:
-            m.reset_parameters()
-
-    def forward(self, labels: torch.Tensor) -> torch.Tensor:
-        noise = torch.randn(len(labels), self.latent_dim, device=labels.device)
-        return self.noisy(torch.cat([self.embedding(labels), noise], 1))
-
-
 class ConditionalSynthesizer(AdversarialSynthesizer):
     """Samples that each ask the teacher for one class, balanced over the classes (or the focus group)."""
 
@@ -189,12 +176,16 @@ class ConditionalSynthesizer(AdversarialSynthesizer):
                  num_classes: int, shift: int = 0):
         super().__init__(cfg, teacher, shape, device, shift)
         self.num_classes = num_classes
-        self.condition = _NoisyEmbedding(num_classes, cfg.latent_dim).to(device)
+        self.condition = NoisyEmbedding(num_classes, cfg.latent_dim).to(device)
+        self._sampler = ConditionalSampler(self.condition, self.generator, num_classes)
         self.opt = self._optimizer(list(self.generator.parameters()) + list(self.condition.parameters()))
 
+    @property
+    def sampler(self) -> nn.Module:
+        return self._sampler
+
     def _labels(self, n: int, focus: list[int] | None) -> torch.Tensor:
-        classes = torch.as_tensor(focus if focus else range(self.num_classes), device=self.device)
-        return classes[torch.arange(n, device=self.device) % len(classes)]
+        return self._sampler.labels(n, self.device, focus)
 
     def step(self, student: nn.Module, batch: int, focus: list[int] | None = None) -> torch.Tensor:
         self.condition.redraw()
@@ -211,7 +202,7 @@ class ConditionalSynthesizer(AdversarialSynthesizer):
     @torch.no_grad()
     def sample(self, n: int) -> torch.Tensor:
         self.condition.eval()  # the round's layer, with its batch statistics as learnt
-        return self.generator(self.condition(self._labels(n, None)[torch.randperm(n, device=self.device)]))
+        return self._sampler(self._noise(n))
 
     def _parts(self) -> dict:
         return {**super()._parts(), "condition": self.condition}

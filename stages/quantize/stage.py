@@ -18,7 +18,7 @@ from core.evaluation import onnx_predict
 from core.teacher import load_teacher
 from core.ui import Console
 from stages.distill.engine import vae_memory
-from stages.distill.networks import build_generator
+from stages.distill.networks import build_sampler
 from stages.distill.probes import synthesize_probes
 from stages.distill.stage import load_vae, rebuild_student
 from stages.quantize.onnx_tidy import tidy_qdq
@@ -31,7 +31,8 @@ def _load_stage_models(cfg, out: Path, device: torch.device):
     teacher, spec = load_teacher(cfg)
     teacher.to(device)
     student = wd.load_module(rebuild_student(json.loads((out / wd.STUDENT_SPEC).read_text())), out / wd.STUDENT)
-    generator = build_generator(cfg.distill.latent_dim, spec.input_shape, width=cfg.distill.generator_width)
+    generator = build_sampler(cfg.distill.synthesizer, cfg.distill.latent_dim, spec.input_shape, spec.num_classes,
+                              width=cfg.distill.generator_width)
     generator = wd.load_module(generator, out / wd.GENERATOR).to(device).eval()
     vae = None
     if (out / wd.VAE_FILE).is_file():
