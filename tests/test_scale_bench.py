@@ -43,7 +43,6 @@ def test_teacher_passes_count_samples_forward_and_backward_by_part():
     assert passes.backward == {"attack": 3, "generator": 2}
 
 
-
 def test_a_row_runs_the_stages_loop_and_attributes_its_parts(tmp_path):
     """One row in its own process, as the benchmark spawns it: the recorder's patches reach the loop as it is now
     (a renamed function it wraps fails the row), every part of an iteration gets its teacher passes, and the probe
