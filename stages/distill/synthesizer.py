@@ -175,7 +175,6 @@ class ConditionalSynthesizer(AdversarialSynthesizer):
     def __init__(self, cfg: DistillConfig, teacher: nn.Module, shape: tuple[int, ...], device: torch.device,
                  num_classes: int, shift: int = 0):
         super().__init__(cfg, teacher, shape, device, shift)
-        self.num_classes = num_classes
         self.condition = NoisyEmbedding(num_classes, cfg.latent_dim).to(device)
         self._sampler = ConditionalSampler(self.condition, self.generator, num_classes)
         self.opt = self._optimizer(list(self.generator.parameters()) + list(self.condition.parameters()))
