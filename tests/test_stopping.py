@@ -13,7 +13,7 @@ from core.teacher import load_weights
 from pipeline.config import load_config
 from stages.distill.engine import distill
 from stages.distill.networks import build_student, student_spec
-from stages.distill.stopping import Pace, fitting_iterations, plateaued, verdict
+from stages.distill.stopping import Pace, cool_down_end, fitting_iterations, plateaued, verdict
 from tests.conftest import run_cli
 
 
@@ -32,6 +32,13 @@ def test_a_falling_divergence_is_progress_where_agreement_has_saturated():
     assert plateaued(saturated, [0.40, 0.30, 0.29, 0.288], patience=2, min_gain=0.005)  # 4% is not enough
     assert plateaued(saturated, [0.40, 0.30, 0.29, None], patience=2, min_gain=0.005)  # partly measured: agreement
     assert not plateaued([0.5, 0.8, 0.82, 0.79], [0.4, 0.3, 0.3, 0.3], patience=2, min_gain=0.01)  # agreement gained
+
+
+def test_a_cool_down_is_a_quarter_of_the_run_within_the_schedule():
+    assert cool_down_end(240, eval_every=20, scheduled_end=400) == 300
+    assert cool_down_end(40, eval_every=20, scheduled_end=400) == 60  # at least one evaluation period
+    assert cool_down_end(380, eval_every=20, scheduled_end=400) == 400  # never past the cap or a budget's plan
+    assert cool_down_end(300, eval_every=20, scheduled_end=250) == 250  # a plan already ended: stop at once
 
 
 def test_pace_skips_the_warm_up_and_the_budget_caps_iterations():
@@ -64,12 +71,16 @@ def _digits_run(tmp_path, **settings):
     return result, lines
 
 
-def test_a_plateau_ends_the_run_before_the_cap(tmp_path):
-    # min_gain 1.0 cannot be reached and a student that barely moves does not fall in divergence either: the run
-    # stops after patience + 1 evaluations
+def test_a_plateau_anneals_the_learning_rate_then_ends_the_run_before_the_cap(tmp_path):
+    # min_gain 1.0 cannot be reached and a student that barely moves does not fall in divergence either: the
+    # plateau is found at the third evaluation (iteration 6), the learning rate then falls to the schedule's floor
+    # over the cool-down (one evaluation period here) and the run stops there
     result, lines = _digits_run(tmp_path, iterations=40, eval_every=2, patience=2, min_gain=1.0, lr_student=1e-9)
-    assert result.stopped_by == "plateau" and result.iterations == 6
-    assert [r["step"] for r in result.history] == [2, 4, 6]
+    assert result.stopped_by == "plateau" and result.plateau_at == 6 and result.iterations == 8
+    assert [r["step"] for r in result.history] == [2, 4, 6, 8]
+    lrs = [r["lr_student"] for r in result.history]
+    assert lrs[0] > lrs[2] > lrs[3] == 0.0  # the cap's cosine, then its tail squeezed into the cool-down
+    assert lrs[2] > 0.9e-9  # 6 of 40 iterations into the cap's schedule, the rate was still near its start
     assert result.estimate["planned_iterations"] == 40 and any("s per iteration" in ln for ln in lines)
     # the probe set is announced before it is made and its time is kept apart from the loop's
     assert [ln for ln in lines if "held-out probes" in ln] == [lines[0]] and result.probes_s > 0

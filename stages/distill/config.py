@@ -30,7 +30,8 @@ class DistillConfig:
     # The cap on outer iterations (one generator step, then `kd_steps` student steps); distillation stops earlier
     # when, on held-out synthetic probes, the student's agreement with the teacher has gained less than `min_gain`
     # and its divergence from the teacher has not fallen either (stopping.plateaued) in the last `patience`
-    # evaluations (0: never), or when `time_budget` seconds are spent (0: no budget).
+    # evaluations (0: never; the learning rate then anneals over a cool-down first, stopping.cool_down_end), or
+    # when `time_budget` seconds are spent (0: no budget).
     iterations: int = setting(400, gt=0)
     patience: int = setting(6, ge=0)
     min_gain: float = setting(0.005, ge=0)

@@ -20,7 +20,7 @@ from stages.distill.config import DistillConfig
 from stages.distill.memory import NoReplay, VAEMemory
 from stages.distill.networks import VAE, auto_vae_width
 from stages.distill.probes import fit as probe_fit, make_probes
-from stages.distill.stopping import Pace, fitting_iterations, plateaued
+from stages.distill.stopping import Pace, cool_down_end, fitting_iterations, plateaued
 from stages.distill.synthesizer import build_synthesizer
 
 CHECKPOINT = "checkpoint.pt"
@@ -38,6 +38,7 @@ class DistillResult:
     iterations: int = 0  # iterations run, the resumed ones included
     resumed_from: int | None = None
     stopped_by: str = "iterations"  # iterations (the cap) | plateau | time-budget
+    plateau_at: int | None = None  # the iteration the plateau was found at; the run stopped after its cool-down
     estimate: dict = field(default_factory=dict)  # the pace measured on the first iterations, and what it predicted
     probes_s: float = 0.0  # the probe set's synthesis, before the loop's clock starts
     probes_robust: bool = False  # the probe set was made again robustly (probes.make_probes)
@@ -178,6 +179,8 @@ class Session:
         self.history: list[dict] = []
         self.start, self.elapsed_before, self.resumed_from, self.wall_s = 0, 0.0, None, 0.0
         self.done, self.stopped_by, self.estimate, self.pace = 0, "iterations", {}, Pace()
+        self.plateau_at: int | None = None
+        self.cool_until: int | None = None  # where the cool-down after a plateau ends
         self.student_train = self.student
 
     @property
@@ -235,6 +238,7 @@ class Session:
             part.load_state_dict(state[name])
         self.history = list(state["history"])
         self.reach = float(state.get("reach", 1.0))
+        self.plateau_at, self.cool_until = state.get("plateau_at"), state.get("cool_until")
         self.start = self.resumed_from = self.done = int(state["iteration"])
         self.elapsed_before = self.wall_s = float(state["elapsed"])
         rngs = state["rng_ranks"]
@@ -263,14 +267,20 @@ class Session:
         main = self.world.is_main
         if self.pace.timed == ESTIMATE_AFTER and main:
             self._estimate(step, elapsed, inform)
-        stop = None
+        stop, cool = None, None
         if main and (step % self.cfg.eval_every == 0 or step == self.cfg.iterations):
             self.history.append(self._row(step, elapsed, evaluate, loss_s, loss_g, train_agreement))
-            if plateaued([r["agreement"] for r in self.history], [r.get("probe_kl") for r in self.history],
-                         self.cfg.patience, self.cfg.min_gain):
-                stop = "plateau"
+            if self.plateau_at is None and plateaued([r["agreement"] for r in self.history],
+                                                     [r.get("probe_kl") for r in self.history],
+                                                     self.cfg.patience, self.cfg.min_gain):
+                cool = step
+        if main and self.cool_until is not None and step >= self.cool_until:
+            stop = "plateau"
         if main and stop is None and self.cfg.time_budget and elapsed >= self.cfg.time_budget:
             stop = "time-budget"
+        cool = parallel.broadcast(cool, self.world)
+        if cool is not None:
+            stop = stop or self._cool_down(cool)
         stop = parallel.broadcast(stop, self.world)  # rank 0 decides for all
         if stop is not None and main and (not self.history or self.history[-1]["step"] != step):  # evaluate the end
             self.history.append(self._row(step, elapsed, evaluate, loss_s, loss_g, train_agreement))
@@ -285,6 +295,18 @@ class Session:
             self.stopped_by = stop
         return stop
 
+    def _cool_down(self, step: int) -> str | None:
+        """A plateau at `step`: the learning rate anneals from where it is to its floor over the cool-down, then
+        the run stops ("plateau"); at once where there is no schedule or it has ended already."""
+        self.plateau_at = step
+        if self.sched is None:
+            return "plateau"
+        self.cool_until = cool_down_end(step, self.cfg.eval_every, self.sched.T_max)
+        if self.cool_until <= step:
+            return "plateau"
+        self.sched.T_max = self.cool_until  # the cosine's tail from here: (1 + cos(pi t / T)) falls to 0 at T
+        return None
+
     def anneal(self) -> None:
         """One step of the cosine schedule, held at its floor past `T_max`: a budget's plan may end before the
         run does, and cosine annealing run past its period would raise the learning rate again."""
@@ -295,6 +317,7 @@ class Session:
         agreement, kl = probe_fit(self.shipped, self.probes, self.probe_labels, self.probe_log_probs)
         return {"step": step, "agreement": agreement, "probe_kl": round(kl, 6),
                 "train_agreement": round(train_agreement, 4), "reach": round(self.reach, 4),
+                "lr_student": self.opt.param_groups[0]["lr"],
                 "accuracy": evaluate(self.shipped) if evaluate else None,
                 "loss_student": float(loss_s.detach()), "loss_generator": float(loss_g.detach()),
                 "elapsed_s": round(elapsed, 3)}
@@ -320,7 +343,7 @@ class Session:
     def _save(self, step: int, elapsed: float, rngs: list[torch.Tensor]) -> None:
         state = {name: part.state_dict() for name, part in self._parts().items()}
         state.update({"iteration": step, "history": self.history, "elapsed": elapsed, "rng_ranks": rngs,
-                      "reach": self.reach})
+                      "reach": self.reach, "plateau_at": self.plateau_at, "cool_until": self.cool_until})
         with atomic_path(self.checkpoint) as tmp:
             torch.save(state, tmp)
 
@@ -335,8 +358,8 @@ class Session:
         if self.vae is not None:
             self.memory.trainer = self.vae  # the DDP wrapper dies with the process group
         return DistillResult(self.shipped, self.synth.sampler, self.memory, self.history, self.wall_s,
-                             self.done, self.resumed_from, self.stopped_by, self.estimate, self.probes_s,
-                             self.probes_robust)
+                             self.done, self.resumed_from, self.stopped_by, self.plateau_at, self.estimate,
+                             self.probes_s, self.probes_robust)
 
 
 def _probe_announcer(count: int, inform: Callable[[str], None] | None) -> Callable[[float, bool], None] | None:

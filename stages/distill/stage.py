@@ -104,8 +104,11 @@ def stage_distill(cfg, out: Path, resume: bool, console: Console, memory_factory
 def _tell(console: Console, summary: dict, out: Path, minimum: float) -> None:
     """Say why distillation ended and whether the student learnt the teacher; fail when asked to on a poor one."""
     v = summary["verdict"]
-    console.info(f"distill: stopped by {summary['stopped_by']} after {summary['steps']} iterations in "
-                 f"{summary['wall_s']:.0f} s; {v['reason']}")
+    why = summary["stopped_by"]
+    if why == "plateau" and summary.get("plateau_at") not in (None, summary["steps"]):
+        why += f" (found at iteration {summary['plateau_at']}, then the learning rate annealed)"
+    console.info(f"distill: stopped by {why} after {summary['steps']} iterations in {summary['wall_s']:.0f} s; "
+                 f"{v['reason']}")
     if v["converged"] is False:
         console.warn(f"the student did not converge: {v['reason']}; try {v['try']}")
     reached = summary["history"][-1]["agreement"] if summary["history"] else None
@@ -141,6 +144,7 @@ def _finish(cfg, out: Path, run: dict, result: DistillResult, s_spec: dict, spec
         "replay_memory_bytes": result.memory.nbytes(),
         "steps": result.iterations,
         "stopped_by": result.stopped_by,
+        "plateau_at": result.plateau_at,
         "wall_s": round(result.wall_s, 2),
         "estimate": result.estimate,
         "probes_s": round(result.probes_s, 2),

@@ -18,6 +18,10 @@ AGREEMENT_FLOOR = 0.8
 # reads as the teacher does (a teacher without BatchNorm), while the divergence still falls as long as the student
 # learns the teacher, and real accuracy with it.
 DIVERGENCE_DROP = 0.05
+# On a plateau the student's learning rate first anneals to its floor over this fraction of the iterations run so far
+# (at least one evaluation period), and the run stops after that: a student stopped where its schedule had left a
+# high learning rate ships weights still moving about the plateau, not settled on it.
+COOL_DOWN = 0.25
 # Probe agreement this far below the training-sample agreement: the student fits its own samples only.
 GAP_LIMIT = 0.15
 
@@ -32,6 +36,12 @@ def plateaued(agreements: list[float], divergences: list[float | None], patience
     if all(d is not None for d in divergences):
         return min(divergences[-patience:]) > (1 - DIVERGENCE_DROP) * min(divergences[:-patience])
     return True
+
+
+def cool_down_end(step: int, eval_every: int, scheduled_end: int) -> int:
+    """The iteration at which a run that plateaued at `step` stops, having annealed its learning rate by then;
+    never later than the schedule's own end (the cap, or what a time budget's plan fits)."""
+    return min(scheduled_end, step + max(eval_every, round(COOL_DOWN * step)))
 
 
 @dataclass
