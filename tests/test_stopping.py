@@ -125,3 +125,27 @@ def test_every_synthesizer_resumes_bit_for_bit(tmp_path, synthesizer):
         assert torch.equal(a, b), name
     assert [r["agreement"] for r in resumed.history] == [r["agreement"] for r in full.history]
 
+
+
+def test_a_run_interrupted_in_its_cool_down_resumes_it(tmp_path):
+    """The plateau and the cool-down's end are in the checkpoint: a run stopped during its cool-down and resumed
+    ends where, and with the student, the uninterrupted run does."""
+    from tests.test_distill import SHAPE, TinyTeacher, _smoke_cfg, _stop_at, _student
+
+    # min_gain 1.0 and a student too slow to move its divergence: the plateau at the second evaluation (8), the
+    # cool-down to 8 + 4; the checkpoint at 10 lies within it
+    cfg = _smoke_cfg(iterations=40, eval_every=4, patience=1, min_gain=1.0, lr_student=1e-9, checkpoint_every=10,
+                     batch_size=16, replay_batch=8)
+    teacher = TinyTeacher().eval()
+    torch.manual_seed(123)
+    full = distill(cfg, teacher, _student(), SHAPE, tmp_path / "full", torch.device("cpu"), seed=5)
+    assert (full.stopped_by, full.plateau_at, full.iterations) == ("plateau", 8, 12)
+    torch.manual_seed(123)
+    with pytest.raises(KeyboardInterrupt):
+        distill(cfg, teacher, _student(), SHAPE, tmp_path / "part", torch.device("cpu"), seed=5, progress=_stop_at(11))
+    resumed = distill(cfg, teacher, _student(), SHAPE, tmp_path / "part", torch.device("cpu"), seed=5, resume=True)
+    assert resumed.resumed_from == 10
+    assert (resumed.stopped_by, resumed.plateau_at, resumed.iterations) == ("plateau", 8, 12)
+    assert [r["lr_student"] for r in resumed.history] == [r["lr_student"] for r in full.history]
+    for (name, a), b in zip(full.student.state_dict().items(), resumed.student.state_dict().values()):
+        assert torch.equal(a, b), name
