@@ -57,6 +57,7 @@ from rich.table import Table
 
 from core.fileio import write_bytes, write_json, write_text
 from core.workdir import OWN_MODEL
+from stages.distill.stopping import describe_stop
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
@@ -306,7 +307,7 @@ def sections(report: dict) -> list[Section]:
                _f(kl, 3) if _num(kl) else "—"]
         est = dist.get("estimate") or {}
         reach = hist[-1].get("reach") if hist else None
-        row += [_stopped_by(dist),
+        row += [describe_stop(dist),
                 f"{_f(est.get('estimated_s'), 0)} s" if _num(est.get("estimated_s")) else "—",
                 _probe_time(dist),
                 _f(reach) if _num(reach) else "—", _verdict(dist)]
@@ -555,13 +556,6 @@ def summary_table(report: dict) -> Table:
     if arts:
         t.add_row("Artifacts total", _bytes(sum(a["bytes"] for a in arts)))
     return t
-
-
-def _stopped_by(dist: dict) -> str:
-    why, found = str(dist.get("stopped_by") or "—"), dist.get("plateau_at")
-    if why == "plateau" and _num(found) and found != dist.get("steps"):
-        return f"plateau at {found}, then the learning rate annealed"
-    return why
 
 
 def _probe_time(dist: dict) -> str:

@@ -144,7 +144,7 @@ def test_markdown_tables(tmp_path):
     assert "| 7.5 s, made twice: the first set broke under noise |" in (tmp_path / "report.md").read_text()
     report["distillation"].update(stopped_by="plateau", plateau_at=120, steps=160)
     write_reports(tmp_path, report)
-    assert "| plateau at 120, then the learning rate annealed |" in (tmp_path / "report.md").read_text()
+    assert "| plateau at iteration 120, then the learning rate annealed |" in (tmp_path / "report.md").read_text()
     # plots referenced from markdown exist as real PNGs beside it
     for name in ("distillation", "latency", "sizes"):
         assert f"](report_plots/{name}.png)" in md

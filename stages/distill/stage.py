@@ -26,7 +26,7 @@ from core.world import World, world_from_env
 from stages.distill import parallel
 from stages.distill.engine import DistillResult, distill
 from stages.distill.networks import VAE, build_student, param_count, student_spec
-from stages.distill.stopping import verdict
+from stages.distill.stopping import describe_stop, verdict
 
 
 def student_for(cfg, teacher: nn.Module, spec: TaskSpec) -> tuple[nn.Module, dict]:
@@ -104,10 +104,7 @@ def stage_distill(cfg, out: Path, resume: bool, console: Console, memory_factory
 def _tell(console: Console, summary: dict, out: Path, minimum: float) -> None:
     """Say why distillation ended and whether the student learnt the teacher; fail when asked to on a poor one."""
     v = summary["verdict"]
-    why = summary["stopped_by"]
-    if why == "plateau" and summary.get("plateau_at") not in (None, summary["steps"]):
-        why += f" (found at iteration {summary['plateau_at']}, then the learning rate annealed)"
-    console.info(f"distill: stopped by {why} after {summary['steps']} iterations in {summary['wall_s']:.0f} s; "
+    console.info(f"distill: stopped by {describe_stop(summary)} after {summary['steps']} iterations in {summary['wall_s']:.0f} s; "
                  f"{v['reason']}")
     if v["converged"] is False:
         console.warn(f"the student did not converge: {v['reason']}; try {v['try']}")

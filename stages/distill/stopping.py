@@ -44,6 +44,14 @@ def cool_down_end(step: int, eval_every: int, scheduled_end: int) -> int:
     return min(scheduled_end, step + max(eval_every, round(COOL_DOWN * step)))
 
 
+def describe_stop(summary: dict) -> str:
+    """Why a finished distillation stopped, from its summary in run.json, as the console and the report say it."""
+    why, found = str(summary.get("stopped_by") or "—"), summary.get("plateau_at")
+    if why == "plateau" and isinstance(found, int) and found != summary.get("steps"):
+        return f"plateau at iteration {found}, then the learning rate annealed"
+    return why
+
+
 @dataclass
 class Pace:
     """Seconds per iteration from the iterations timed so far, after a warm-up iteration that pays one-off costs."""
