@@ -179,8 +179,7 @@ class Session:
         self.history: list[dict] = []
         self.start, self.elapsed_before, self.resumed_from, self.wall_s = 0, 0.0, None, 0.0
         self.done, self.stopped_by, self.estimate, self.pace = 0, "iterations", {}, Pace()
-        self.plateau_at: int | None = None
-        self.cool_until: int | None = None  # where the cool-down after a plateau ends
+        self.plateau_at: int | None = None  # found there; the cool-down then ends at the schedule's T_max
         self.student_train = self.student
 
     @property
@@ -238,7 +237,7 @@ class Session:
             part.load_state_dict(state[name])
         self.history = list(state["history"])
         self.reach = float(state.get("reach", 1.0))
-        self.plateau_at, self.cool_until = state.get("plateau_at"), state.get("cool_until")
+        self.plateau_at = state.get("plateau_at")
         self.start = self.resumed_from = self.done = int(state["iteration"])
         self.elapsed_before = self.wall_s = float(state["elapsed"])
         rngs = state["rng_ranks"]
@@ -274,7 +273,7 @@ class Session:
                                                      [r.get("probe_kl") for r in self.history],
                                                      self.cfg.patience, self.cfg.min_gain):
                 cool = step
-        if main and self.cool_until is not None and step >= self.cool_until:
+        if main and self.plateau_at is not None and step >= self.sched.T_max:  # the cool-down has ended
             stop = "plateau"
         if main and stop is None and self.cfg.time_budget and elapsed >= self.cfg.time_budget:
             stop = "time-budget"
@@ -301,10 +300,10 @@ class Session:
         self.plateau_at = step
         if self.sched is None:
             return "plateau"
-        self.cool_until = cool_down_end(step, self.cfg.eval_every, self.sched.T_max)
-        if self.cool_until <= step:
+        end = cool_down_end(step, self.cfg.eval_every, self.sched.T_max)
+        if end <= step:
             return "plateau"
-        self.sched.T_max = self.cool_until  # the cosine's tail from here: (1 + cos(pi t / T)) falls to 0 at T
+        self.sched.T_max = end  # the cosine's tail from here: (1 + cos(pi t / T)) falls to 0 at T
         return None
 
     def anneal(self) -> None:
@@ -343,7 +342,7 @@ class Session:
     def _save(self, step: int, elapsed: float, rngs: list[torch.Tensor]) -> None:
         state = {name: part.state_dict() for name, part in self._parts().items()}
         state.update({"iteration": step, "history": self.history, "elapsed": elapsed, "rng_ranks": rngs,
-                      "reach": self.reach, "plateau_at": self.plateau_at, "cool_until": self.cool_until})
+                      "reach": self.reach, "plateau_at": self.plateau_at})
         with atomic_path(self.checkpoint) as tmp:
             torch.save(state, tmp)
 
