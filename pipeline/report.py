@@ -564,10 +564,11 @@ def _probe_time(dist: dict) -> str:
 
 
 def _verdict(dist: dict) -> str:
-    """'yes', or 'NO: why; what to try' for a student that did not learn the teacher (judged without data)."""
+    """'yes', 'NO: why; what to try' for a student that did not learn the teacher (judged without data), or why
+    it was not judged."""
     v = dist.get("verdict") or {}
     if v.get("converged") is None:
-        return "—"
+        return v.get("reason") or "—"
     if v["converged"]:
         return "yes"
     return f"NO: {v.get('reason', '')}; try {v.get('try', '')}"

@@ -142,6 +142,9 @@ def test_markdown_tables(tmp_path):
     report["distillation"]["probes_robust"] = True
     write_reports(tmp_path, report)
     assert "| 7.5 s, made twice: the first set broke under noise |" in (tmp_path / "report.md").read_text()
+    report["distillation"]["verdict"] = {"converged": None, "reason": "probe agreement 0.680, not judged"}
+    write_reports(tmp_path, report)
+    assert "| probe agreement 0.680, not judged |" in (tmp_path / "report.md").read_text()
     report["distillation"].update(stopped_by="plateau", plateau_at=120, steps=160)
     write_reports(tmp_path, report)
     assert "| plateau at iteration 120, then the learning rate annealed |" in (tmp_path / "report.md").read_text()

@@ -60,6 +60,17 @@ def test_verdict_flags_low_or_overfitted_agreement():
     assert verdict(None, None)["converged"] is None
 
 
+def test_probes_made_robustly_get_no_verdict_unless_the_user_set_a_minimum():
+    # The GroupNorm teacher's case: good students at 0.68 on its robust set, with a low agreement on their
+    # attacked training batches too; the ordinary set's floor would call them failed.
+    robust = verdict(0.68, 0.62, robust=True)
+    assert robust["converged"] is None and "not judged" in robust["reason"] and "0.680" in robust["reason"]
+    assert verdict(0.68, 0.62)["converged"] is False
+    assert verdict(0.68, 0.99, robust=True)["converged"] is None  # nor the gap to the training samples
+    assert verdict(0.68, 0.62, minimum=0.7, robust=True)["converged"] is False  # the user's own bar still holds
+    assert verdict(0.75, 0.62, minimum=0.7, robust=True)["converged"] is True
+
+
 def _digits_run(tmp_path, **settings):
     teacher = digits.build_teacher()
     load_weights(teacher, digits.WEIGHTS)
