@@ -142,9 +142,9 @@ def test_markdown_tables(tmp_path):
     report["distillation"]["probes_robust"] = True
     write_reports(tmp_path, report)
     assert "| 7.5 s, made twice: the first set broke under noise |" in (tmp_path / "report.md").read_text()
-    report["distillation"]["verdict"] = {"converged": None, "reason": "probe agreement 0.680, not judged"}
+    report["distillation"]["verdict"] = {"converged": None, "reason": "not judged: agreement on robust probes (0.680) does not rank students"}
     write_reports(tmp_path, report)
-    assert "| probe agreement 0.680, not judged |" in (tmp_path / "report.md").read_text()
+    assert "| not judged: agreement on robust probes (0.680) does not rank students |" in (tmp_path / "report.md").read_text()
     report["distillation"].update(stopped_by="plateau", plateau_at=120, steps=160)
     write_reports(tmp_path, report)
     assert "| plateau at iteration 120, then the learning rate annealed |" in (tmp_path / "report.md").read_text()

@@ -88,8 +88,8 @@ def verdict(probe_agreement: float | None, train_agreement: float | None, minimu
     if probe_agreement is None:
         return {"converged": None, "reason": "no probe evaluation"}
     if robust and not minimum:
-        return {"converged": None, "reason": f"probe agreement {probe_agreement:.3f}, not judged: on probes made "
-                                             "robustly it does not tell a good student from a poor one"}
+        return {"converged": None,
+                "reason": f"not judged: agreement on robust probes ({probe_agreement:.3f}) does not rank students"}
     floor = minimum if robust else max(AGREEMENT_FLOOR, minimum)
     reasons = []
     if probe_agreement < floor:
