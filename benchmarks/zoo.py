@@ -138,6 +138,21 @@ def groupnorm_separable_cnn(num_classes: int = 10) -> nn.Module:
     )
 
 
+def layernorm_mlp(num_classes: int = 10) -> nn.Module:
+    """An MLP of today's kind on flattened 28x28 pixels: LayerNorm (each input normalised by itself) and GELU."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.LayerNorm(256), nn.GELU(),
+                         nn.Linear(256, 128), nn.LayerNorm(128), nn.GELU(), nn.Linear(128, num_classes))
+
+
+def elu_avgpool_cnn(num_classes: int = 10) -> nn.Module:
+    """A CNN without normalisation layers for 32x32 inputs: 5x5 then 3x3 valid convolutions, ELU, average pooling,
+    a flattened map and dropout before the head."""
+    return nn.Sequential(
+        nn.Conv2d(1, 32, 5), nn.ELU(), nn.AvgPool2d(2), nn.Conv2d(32, 64, 3), nn.ELU(), nn.AvgPool2d(2),
+        nn.Conv2d(64, 64, 3), nn.ELU(), nn.Flatten(), nn.Dropout(0.3), nn.Linear(64 * 4 * 4, num_classes),
+    )
+
+
 def mlp(input_shape: tuple[int, ...], num_classes: int = 10, widths: tuple[int, ...] = (256, 128),
         batchnorm: bool = False) -> nn.Module:
     """Flattens its (image) input inside, so its input shape stays the image's."""
@@ -166,18 +181,19 @@ def _split(images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, ...]:
     return train_test_split(images, labels, test_size=0.2, stratify=labels, random_state=0)
 
 
-def mnist_split(pad: int = 0, path: Path = MNIST_PATH) -> tuple[torch.Tensor, ...]:
-    """(x_train, x_test, y_train, y_test): normalised [N, 1, 28 + 2 pad, 28 + 2 pad] tensors."""
+def mnist_split(pad: int = 0, path: Path = MNIST_PATH, mean: float = MNIST_MEAN,
+                std: float = MNIST_STD) -> tuple[torch.Tensor, ...]:
+    """(x_train, x_test, y_train, y_test): [N, 1, 28 + 2 pad, 28 + 2 pad] tensors normalised by mean and std."""
     data = np.load(path)
     xtr, xte, ytr, yte = _split(data["images"], data["labels"])
-    return _mnist_prep(xtr, pad), _mnist_prep(xte, pad), _labels(ytr), _labels(yte)
+    return _mnist_prep(xtr, pad, mean, std), _mnist_prep(xte, pad, mean, std), _labels(ytr), _labels(yte)
 
 
-def _mnist_prep(images: np.ndarray, pad: int) -> torch.Tensor:
+def _mnist_prep(images: np.ndarray, pad: int, mean: float, std: float) -> torch.Tensor:
     x = torch.as_tensor(images, dtype=torch.float32).div(255.0).unsqueeze(1)
     # Padding happens on raw pixels (0 = background), before normalising
     x = F.pad(x, (pad, pad, pad, pad))
-    return (x - MNIST_MEAN) / MNIST_STD
+    return (x - mean) / std
 
 
 def digits_split() -> tuple[torch.Tensor, ...]:
@@ -262,7 +278,7 @@ class Entry:
     def split(self) -> tuple[torch.Tensor, ...]:
         if self.dataset == "digits":
             return digits_split()
-        return mnist_split(pad=2 if self.dataset == "mnist32" else 0)
+        return mnist_split(pad=2 if self.dataset == "mnist32" else 0, mean=self.mean, std=self.std)
 
     def test_set(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised test inputs and labels, for evaluation only."""
@@ -302,6 +318,10 @@ ZOO: dict[str, Entry] = {e.name: e for e in [
     Entry("wide_shallow", wide_shallow_cnn, **MNIST28, recipe=Recipe("adam", 2e-3, epochs=3)),
     Entry("mlp", lambda: mlp((1, 28, 28)), **MNIST28, recipe=Recipe("adam", 1e-3, epochs=8)),
     Entry("gn_separable", groupnorm_separable_cnn, **MNIST28, recipe=Recipe("adam", 2e-3, epochs=10)),
+    Entry("layernorm_mlp", layernorm_mlp, **MNIST28, recipe=Recipe("adam", 1e-3, epochs=6)),
+    # Pixels to [-1, 1] (mean 0.5, std 0.5), the other common contract
+    Entry("elu_avgpool32", elu_avgpool_cnn, **{**MNIST32, "mean": 0.5, "std": 0.5},
+          recipe=Recipe("adam", 1e-3, epochs=5, max_shift=2)),
     Entry("digits_cnn", digits_cnn, **DIGITS, recipe=Recipe("adam", 2e-3, epochs=30, batch=32)),
     Entry("digits_mlp_bn", lambda: mlp((1, 8, 8), widths=(128, 64), batchnorm=True), **DIGITS,
           recipe=Recipe("adam", 2e-3, epochs=40, batch=32)),
