@@ -2,17 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+from tests.bench_modules import load
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
-# Imported from benchmarks/, which then leaves sys.path: its modules must not shadow other tests' imports.
-saved = list(sys.path)
-sys.path.insert(0, str(BENCH))
-try:
-    import probes as probes_bench
-finally:
-    sys.path[:] = saved
+probes_bench = load("probes")
 
 
 def _row(teacher: str, student: str, real: float, agreement: float, steps: int = 300) -> list:

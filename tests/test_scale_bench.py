@@ -6,21 +6,15 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from stages.distill.config import DistillConfig
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
-# Imported from benchmarks/, which then leaves sys.path: its models.py must not shadow other tests' imports.
-saved = list(sys.path)
-sys.path.insert(0, str(BENCH))
-try:
-    import scale
-finally:
-    sys.path[:] = saved
+from tests.bench_modules import BENCH, load
+
+scale = load("scale")
 
 
 def test_teacher_passes_count_samples_forward_and_backward_by_part():
