@@ -47,6 +47,7 @@ sys.path.insert(0, str(HERE))
 
 import results  # noqa: E402
 from stages.distill.config import DistillConfig  # noqa: E402
+from stages.distill.probes import probes_per_class  # noqa: E402
 
 ROWS = HERE / ".cache" / "scale"  # every row measured, for --reuse
 NUM_CLASSES = 10  # every rung's: the probe set and the class terms grow with it
@@ -299,7 +300,7 @@ def run_row(rung: Rung, plan: Plan, device: torch.device, iterations: int | None
         t0 = time.perf_counter()
         res = distill(cfg, teacher, student, rung.shape, Path(out), device, seed=0)
         total = time.perf_counter() - t0
-    return {"gflops": flops, "batch": cfg.batch_size, "probes": NUM_CLASSES * cfg.probe_per_class,
+    return {"gflops": flops, "batch": cfg.batch_size, "probes": NUM_CLASSES * probes_per_class(NUM_CLASSES, cfg.probe_per_class),
             "iterations": res.iterations, "wall_s": res.wall_s, "total_s": total, "estimate": res.estimate,
             "probe_s": recorder.probe_s, "probe_steps": plan.probe_steps, **recorder.per_iteration(),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

@@ -103,3 +103,14 @@ def test_a_set_that_survives_noise_is_kept_as_optimised():
                                       P.TV_PER_SIDE, None, robust=False)
     assert torch.equal(probes, plain) and torch.equal(labels, plain_labels)
     assert not P.make_probes(teacher, (1, 8, 8), 10, 4, steps=20).robust
+
+
+def test_a_teacher_with_many_classes_gets_a_set_of_ten_classes_size_with_every_class_in_it():
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Flatten(), nn.Linear(16, 40)).eval()
+    made = P.make_probes(teacher, (16,), 40, 8, steps=5)
+    assert len(made.inputs) == 10 * 8  # two of each of the 40 classes, not eight
+    many = nn.Sequential(nn.Flatten(), nn.Linear(16, 1000)).eval()
+    assert len(P.make_probes(many, (16,), 1000, 2, steps=1).inputs) == 1000  # more classes than that: one of each
+    assert P.probes_per_class(10, 32) == 32 and P.probes_per_class(2, 32) == 32  # up to ten classes: as set
+    assert P.probes_per_class(100, 32) == 3 and P.probes_per_class(1000, 32) == 1

@@ -84,5 +84,6 @@ class DistillConfig:
     # with this decay per student step; 0 ships the last weights as they are. No data selects anything.
     ema_decay: float = setting(0.995, ge=0, lt=1, hint="0: no averaging")
     eval_every: int = setting(20, gt=0)
+    # Probes of each class in the held-out set (for up to 10 classes; a teacher with more gets as many in all)
     probe_per_class: int = setting(32, gt=0)
     checkpoint_every: int = setting(50, gt=0)

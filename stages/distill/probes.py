@@ -30,6 +30,11 @@ TV_PER_SIDE = 0.1
 # another architecture then read many of them otherwise while agreeing with the teacher on real inputs, so a
 # converged student reads as a failed one (benchmarks/README.md, probe agreement against real accuracy).
 STEPS = 300
+# The set holds `per_class` probes of each class for up to this many classes; a teacher with more classes gets
+# the same number of probes in all, spread evenly over its classes (at least one each). Agreement is a fraction
+# of the whole set, so its precision depends on the set's size, not on the probes per class, while the set's
+# memory and time grow with its size: a 100-class teacher would otherwise pay ten times a 10-class one's.
+CLASSES_AT_FULL_SIZE = 10
 # Steps timed (after a warm-up one) before the whole set's time is announced.
 ANNOUNCE_AFTER = 3
 # A probe set is fragile when the teacher's label changes on more than this fraction of it under Gaussian noise of
@@ -48,6 +53,13 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
     return side * ((x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., :, 1:] - x[..., :, :-1]).abs().mean())
 
 
+def probes_per_class(num_classes: int, per_class: int) -> int:
+    """How many probes of each class a set for `num_classes` holds (CLASSES_AT_FULL_SIZE)."""
+    if num_classes <= CLASSES_AT_FULL_SIZE:
+        return per_class
+    return max(1, per_class * CLASSES_AT_FULL_SIZE // num_classes)
+
+
 @dataclass
 class ProbeSet:
     inputs: torch.Tensor
@@ -61,7 +73,7 @@ def make_probes(teacher: nn.Module, shape: tuple[int, ...], num_classes: int, pe
     """`announce(seconds, again)` is told, after the first steps, how long the set will take (`again` False), and
     how long making it again robustly will take where the first set is fragile (`again` True)."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    targets = torch.arange(num_classes).repeat_interleave(per_class).to(device)
+    targets = torch.arange(num_classes).repeat_interleave(probes_per_class(num_classes, per_class)).to(device)
     tv = tv if len(shape) == 3 else 0.0  # images only
     x, labels = _optimise(teacher, shape, targets, steps, gen, tv, announce, robust=False)
     if fragility(teacher, x, labels, gen) <= FRAGILE:

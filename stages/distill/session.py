@@ -19,7 +19,7 @@ from stages.distill.averaging import WeightAverage
 from stages.distill.config import DistillConfig
 from stages.distill.memory import NoReplay, VAEMemory
 from stages.distill.networks import VAE, auto_vae_width
-from stages.distill.probes import fit as probe_fit, make_probes
+from stages.distill.probes import fit as probe_fit, make_probes, probes_per_class
 from stages.distill.stopping import Pace, cool_down_end, fitting_iterations, plateaued
 from stages.distill.synthesizer import build_synthesizer
 
@@ -164,7 +164,7 @@ class Session:
         self.probes_robust = False
         if world.is_main:
             t0 = time.perf_counter()
-            announce = _probe_announcer(num_classes * cfg.probe_per_class, inform)
+            announce = _probe_announcer(num_classes * probes_per_class(num_classes, cfg.probe_per_class), inform)
             probes = make_probes(self.teacher, shape, num_classes, cfg.probe_per_class, seed=seed + 1234,
                                  device=device, announce=announce)
             self.probes, self.probe_labels, self.probes_robust = probes.inputs, probes.labels, probes.robust
