@@ -55,7 +55,7 @@ def pixel_range(shape: tuple[int, ...], mean: list[float], std: list[float]) -> 
         return None
     channels = max(len(mean), len(std))
     pairs = [(mean[i % len(mean)], std[i % len(std)]) for i in range(channels)]
-    return min(-m / s for m, s in pairs), max((1 - m) / s for m, s in pairs)
+    return min((0 - m) / s for m, s in pairs), max((1 - m) / s for m, s in pairs)
 
 
 _WARNED: set[str] = set()

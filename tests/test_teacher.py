@@ -336,3 +336,5 @@ def test_pixel_range_follows_the_input_contract_for_images_only():
     rgb = TaskSpec((3, 32, 32), 10, None, [0.5, 0.4, 0.3], [0.25, 0.5, 0.2], 1 / 255, "test")
     assert rgb.pixel_range() == pytest.approx((-2.0, 3.5))  # channel 0 sets the low end, channel 2 the high
     assert TaskSpec((30,), 2, None, [0.0], [1.0], 1.0, "test").pixel_range() is None
+    # no normalisation: the report shows [0.0, 1.0], not a negative zero
+    assert str(list(TaskSpec((1, 8, 8), 10, None, [0.0], [1.0], 1.0, "test").pixel_range())) == "[0.0, 1.0]"
