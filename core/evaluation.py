@@ -33,6 +33,10 @@ def read_npz(path: str | Path, spec) -> tuple[torch.Tensor, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"eval data not found: {path}")
+    with path.open("rb") as f:
+        head = f.read(4)
+    if head not in (b"PK\x03\x04", b"PK\x05\x06"):  # an .npz is a zip archive; numpy reads anything else as .npy or pickle
+        raise UsageError(f"eval data {path} is not an .npz archive; write one with numpy.savez(path, x=inputs, y=labels)")
     try:
         with np.load(path, allow_pickle=False) as data:
             if "x" not in data or "y" not in data:

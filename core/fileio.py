@@ -6,6 +6,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -135,8 +136,14 @@ def torch_load_reason(exc: BaseException) -> str:
         return type(exc).__name__
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     if lines and lines[0].startswith("Weights only load failed"):
-        useful = [ln for ln in lines[1:] if not ln.startswith(("Please file an issue", "Check the documentation"))]
+        # torch's own lines around the unpickler's error advise loading with weights_only=False
+        named = [ln for ln in lines if ln.startswith("WeightsUnpickler error:")]
+        useful = named or [ln for ln in lines[1:] if not ln.startswith(("Please file an issue", "Check the documentation"))]
         detail = " ".join(useful).replace("WeightsUnpickler error: ", "").strip()
+        held = re.search(r"GLOBAL ([\w.]+) was not an allowed global", detail)
+        if held:
+            return (f"the file pickles a {held.group(1)} object, not a state_dict of tensors, and code from a file is "
+                    "never run: save model.state_dict() (torch.save or safetensors) instead")
         if "GLOBAL" in detail or "REDUCE" in detail or "blocked" in detail:
             return f"the pickle references code, which is never executed ({detail[:160]})"
         return f"not a weights-only pickle ({detail[:160] or 'unreadable'})"

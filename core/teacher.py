@@ -441,6 +441,29 @@ def probe(model: nn.Module, spec: TaskSpec) -> Any:
         raise UsageError(f"teacher rejects input of shape {list(spec.input_shape)}: {msg}") from exc
 
 
+def check_input_gradients(model: nn.Module, spec: TaskSpec) -> None:
+    """Data-free synthesis moves inputs along the teacher's gradients, and the student learns from the very
+    inputs the teacher read: a forward that leaves autograd (numpy, torch.no_grad(), .detach()) gives the
+    generator nothing to follow (its samples collapse, and a student that learnt nothing still agrees with
+    the teacher on them), and one that changes its input in place alters the student's batch."""
+    x = torch.randn(PROBE_BATCH, *spec.input_shape, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
+    try:
+        out = model(x)
+    except RuntimeError as exc:
+        if "in-place operation" not in str(exc):
+            raise
+        raise UsageError("teacher's forward changes its input in place (e.g. x.sub_(...)): copy it first "
+                         "(x = x.clone()) or use out-of-place operations (x = x - ...)") from exc
+    gradient = None
+    if isinstance(out, torch.Tensor) and out.requires_grad:
+        weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(2), dtype=out.dtype)
+        gradient = torch.autograd.grad((out * weights).sum(), x, allow_unused=True)[0]
+    if gradient is None or not bool(torch.isfinite(gradient).all() and gradient.abs().sum() > 0):
+        raise UsageError("teacher's output has no gradient with respect to its input: its forward leaves autograd "
+                         "(numpy, torch.no_grad(), .detach(), .item()), and data-free distillation synthesises inputs "
+                         "by following the teacher's gradients; keep the forward in differentiable torch operations")
+
+
 def _parts(out: Any) -> list[tuple[int | str, Any]]:
     """The numbered or named parts of a structured output: tuple/list items, dict entries, public attributes."""
     if isinstance(out, (tuple, list)):
@@ -574,9 +597,9 @@ def as_logits_teacher(model: nn.Module, spec: TaskSpec, output: int | str | None
     from_probabilities = is_probabilities(logits)
     if from_probabilities:
         warn_once("teacher returns probabilities (rows sum to 1): distilling from their logarithm as logits")
-    if part is None and not from_probabilities:
-        return model
-    return TeacherLogits(model, part, from_probabilities)
+    teacher = model if part is None and not from_probabilities else TeacherLogits(model, part, from_probabilities)
+    check_input_gradients(teacher, spec)
+    return teacher
 
 
 def has_batchnorm(model: nn.Module) -> bool:

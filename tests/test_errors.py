@@ -61,6 +61,28 @@ MODELS = textwrap.dedent('''
     def nan_always():
         return NaNNet()
 
+    class ThroughNumpy(Net):
+        def forward(self, x):
+            return self.fc(torch.from_numpy(x.detach().numpy().clip(-3, 3)))
+
+    def through_numpy():
+        return ThroughNumpy()
+
+    class NoGrad(Net):
+        def forward(self, x):
+            with torch.no_grad():
+                return self.fc(x)
+
+    def no_grad():
+        return NoGrad()
+
+    class InPlace(Net):
+        def forward(self, x):
+            return self.fc(x.sub_(0.1))
+
+    def in_place():
+        return InPlace()
+
     class NaNLater(Net):
         """Finite until it has served BATCH-sized generator batches AFTER times, then NaN."""
         BATCH, AFTER = 48, 5
@@ -103,6 +125,8 @@ def work(tmp_path_factory) -> Path:
     torch.save({"fc." + k: v for k, v in nn.Linear(6, 5).state_dict().items()}, d / "wrong.pt")
     (d / "corrupt.pt").write_bytes(b"\x80\x02not really a pickle" * 8)
     (d / "corrupt.safetensors").write_bytes(b"\xff" * 64)
+    torch.save(nn.Linear(6, 4), d / "whole_model.pt")  # the module pickled, not its state_dict
+    (d / "not_npz.npz").write_text("x,y\n")
     (d / "weights_dir.pt").mkdir()
     (d / "a_file").write_text("not a directory\n")
     (d / "foreign").mkdir()
@@ -302,6 +326,13 @@ TEACHER_CASES = [
      ['teacher.output = "logits" is not one of its keys', "'scores': tensor [8, 4]"]),
     ("input-shape-rejected", dict(factory="models.py:build", shape="[3, 8, 8]"), 2, ["teacher rejects input of shape [3, 8, 8]"]),
     ("teacher-nan-output", dict(factory="models.py:nan_always"), 1, ["teacher returns NaN or inf"]),
+    ("weights-whole-model", dict(factory="models.py:build", weights="whole_model.pt"), 2,
+     ["pickles a torch.nn.modules.linear.Linear object, not a state_dict", "save model.state_dict()"]),
+    ("forward-through-numpy", dict(factory="models.py:through_numpy"), 2, ["no gradient with respect to its input"]),
+    ("forward-without-grad", dict(factory="models.py:no_grad"), 2, ["no gradient with respect to its input"]),
+    ("forward-changes-input", dict(factory="models.py:in_place"), 2, ["changes its input in place", "x.clone()"]),
+    ("eval-not-npz", dict(factory="models.py:build", extra='[eval]\ndata = "not_npz.npz"\n'), 2,
+     ["not_npz.npz is not an .npz archive", "numpy.savez"]),
 ]
 
 
