@@ -447,17 +447,19 @@ def check_input_gradients(model: nn.Module, spec: TaskSpec) -> None:
     generator nothing to follow (its samples collapse, and a student that learnt nothing still agrees with
     the teacher on them), and one that changes its input in place alters the student's batch."""
     x = torch.randn(PROBE_BATCH, *spec.input_shape, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
+    gradient = None
     try:
         out = model(x)
+        if isinstance(out, torch.Tensor) and out.requires_grad:
+            weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(2), dtype=out.dtype)
+            gradient = torch.autograd.grad((out * weights).sum(), x, allow_unused=True)[0]
     except RuntimeError as exc:
-        if "in-place operation" not in str(exc):
-            raise
-        raise UsageError("teacher's forward changes its input in place (e.g. x.sub_(...)): copy it first "
-                         "(x = x.clone()) or use out-of-place operations (x = x - ...)") from exc
-    gradient = None
-    if isinstance(out, torch.Tensor) and out.requires_grad:
-        weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(2), dtype=out.dtype)
-        gradient = torch.autograd.grad((out * weights).sum(), x, allow_unused=True)[0]
+        if "leaf Variable" in str(exc):
+            raise UsageError("teacher's forward changes its input in place (e.g. x.sub_(...)): copy it first "
+                             "(x = x.clone()) or use out-of-place operations (x = x - ...)") from exc
+        # e.g. an in-place change of a tensor its backward needs (the forward itself runs, as the probe showed)
+        raise UsageError(f"teacher's forward cannot be differentiated with respect to its input: "
+                         f"{str(exc).strip().splitlines()[0][:200]}") from exc
     if gradient is None or not bool(torch.isfinite(gradient).all() and gradient.abs().sum() > 0):
         raise UsageError("teacher's output has no gradient with respect to its input: its forward leaves autograd "
                          "(numpy, torch.no_grad(), .detach(), .item()), and data-free distillation synthesises inputs "

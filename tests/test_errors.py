@@ -83,6 +83,14 @@ MODELS = textwrap.dedent('''
     def in_place():
         return InPlace()
 
+    class BreaksBackward(Net):
+        def forward(self, x):
+            y = torch.sigmoid(self.fc(x))
+            return y.mul_(2.0)  # sigmoid's backward needs its output, changed here
+
+    def breaks_backward():
+        return BreaksBackward()
+
     class NaNLater(Net):
         """Finite until it has served BATCH-sized generator batches AFTER times, then NaN."""
         BATCH, AFTER = 48, 5
@@ -331,6 +339,8 @@ TEACHER_CASES = [
     ("forward-through-numpy", dict(factory="models.py:through_numpy"), 2, ["no gradient with respect to its input"]),
     ("forward-without-grad", dict(factory="models.py:no_grad"), 2, ["no gradient with respect to its input"]),
     ("forward-changes-input", dict(factory="models.py:in_place"), 2, ["changes its input in place", "x.clone()"]),
+    ("forward-breaks-backward", dict(factory="models.py:breaks_backward"), 2,
+     ["cannot be differentiated with respect to its input", "modified by an inplace operation"]),
     ("eval-not-npz", dict(factory="models.py:build", extra='[eval]\ndata = "not_npz.npz"\n'), 2,
      ["not_npz.npz is not an .npz archive", "numpy.savez"]),
 ]
