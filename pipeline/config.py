@@ -67,7 +67,7 @@ PRESET_VALUES: dict[str, dict[str, dict[str, Any]]] = {
                     "student_optimizer": "sgd", "lr_generator": 0.02, "lr_vae": 0.02 / 40,
                     "w_bn": 0.0, "kd_loss": "l1", "vae_kld_weight": 1e-5,
                     "w_balance": 5.0 / 2.302585, "w_onehot": 1.0, "w_activation": 0.1,
-                    "input_noise": 0.0, "input_attack": 0.0, "ema_decay": 0.0, "vae_width": 64,
+                    "w_diversity": 0.0, "input_noise": 0.0, "input_attack": 0.0, "ema_decay": 0.0, "vae_width": 64,
                     "eval_every": 360, "checkpoint_every": 720},
         "quantize": {"calibration_samples": 2048, "qat_steps": 1000, "qat_batch": 256},
     },

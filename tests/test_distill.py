@@ -180,6 +180,63 @@ def test_generator_objective_is_a_switchable_weighted_sum():
     assert criteria.generator_objective({"bn": 0.0}, terms).item() == 0.0
 
 
+def test_feature_diversity_charges_samples_alike_within_a_batch_and_like_recent_batches():
+    torch.manual_seed(0)
+    spread = torch.randn(16, 32)
+    alike = torch.randn(1, 32) + 0.05 * torch.randn(16, 32)
+    assert criteria.FeatureDiversity().loss(alike).item() > criteria.FeatureDiversity().loss(spread).item() + 1.0
+
+    term = criteria.FeatureDiversity(size=40)
+    first = term.loss(spread).item()
+    assert term.loss(spread).item() > first + 1.0  # the same samples again cost more: the bank remembers them
+    for _ in range(3):
+        term.loss(torch.randn(16, 32))
+    assert term.bank.shape == (40, 32)  # the newest `size` features, detached
+    assert not term.bank.requires_grad
+
+    fresh = criteria.FeatureDiversity()
+    fresh.load_state_dict(term.state_dict())
+    assert torch.equal(fresh.bank, term.bank)
+    empty = criteria.FeatureDiversity()
+    empty.load_state_dict(criteria.FeatureDiversity().state_dict())
+    assert empty.bank is None
+    assert criteria.FeatureDiversity().loss(torch.randn(1, 8)).item() == 0.0  # nothing to differ from
+
+
+def test_feature_diversity_gradient_spreads_the_features():
+    torch.manual_seed(0)
+    f = (torch.randn(1, 16) + 0.3 * torch.randn(32, 16)).requires_grad_()
+    term, opt = criteria.FeatureDiversity(), torch.optim.Adam([f], lr=0.05)
+
+    def mean_cosine():
+        u = torch.nn.functional.normalize(f.detach(), dim=1)
+        return ((u @ u.T).sum() - len(u)).item() / (len(u) * (len(u) - 1))
+
+    before = mean_cosine()
+    for _ in range(20):
+        opt.zero_grad()
+        term.loss(f).backward()
+        opt.step()
+    assert mean_cosine() < before - 0.3
+
+
+def test_feature_diversity_is_in_the_objective_only_for_a_teacher_with_batchnorm():
+    plain = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    with_bn, without_bn = (synthesizer.build_synthesizer(_smoke_cfg(), t, SHAPE, torch.device("cpu"), 10)
+                           for t in (TinyTeacher().eval(), plain.eval()))
+    try:
+        assert with_bn.weights["diversity"] == _smoke_cfg().w_diversity > 0
+        assert without_bn.weights["diversity"] == 0.0
+        x = torch.randn(8, *SHAPE)
+        with_bn.objective(x, _student().eval(), None)
+        without_bn.objective(x, _student().eval(), None)
+        assert with_bn.diversity.bank.shape == (8, 8)  # TinyTeacher's penultimate features: 8 channels
+        assert without_bn.diversity.bank is None
+    finally:
+        with_bn.close()
+        without_bn.close()
+
+
 @pytest.mark.parametrize("shape, shift", [((1, 16, 16), 1), (SHAPE, 0), ((64,), 0)])
 def test_the_generator_objective_reads_images_moved_and_small_or_flat_inputs_as_they_are(shape, shift):
     """The teacher and the student see the synthesizer's images through the same random translation per batch,

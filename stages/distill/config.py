@@ -60,6 +60,9 @@ class DistillConfig:
     w_balance: float = setting(5.0, ge=0)  # entropy of the batch-mean prediction (DAFL)
     w_onehot: float = setting(1.0, ge=0)
     w_activation: float = setting(0.1, ge=0)
+    # Teacher features of generated samples pushed from each other and from recent batches' (criteria.FeatureDiversity);
+    # only for a teacher with BatchNorm
+    w_diversity: float = setting(0.1, ge=0)
     replay: str = setting("vae", choices=REPLAY_MODES, label="replay mode")
     vae_kld_weight: float = 1e-3
     vae_balanced: bool = True  # class-balanced prior sampling (latent step towards balanced teacher classes)

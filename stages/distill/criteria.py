@@ -6,6 +6,8 @@ Generator objective (weighted sum, each switchable by a zero weight):
   balance      negative entropy of the batch-mean teacher prediction: low when classes are balanced (DAFL)
   onehot       cross-entropy of the teacher's output with its own argmax: confident samples (DAFL)
   activation   negative mean magnitude of the teacher's penultimate features (DAFL)
+  diversity    contrastive repulsion of the teacher's features of a batch from each other and from recent
+               batches (CMI's idea, without its learnt projection)
 
 `balance` and `onehot` take an optional class group: with one, they steer the generator to those classes
 only (a benchmark's stress that measures forgetting; see engine.distill's `steer`).
@@ -134,6 +136,38 @@ class PenultimateFeatures:
     def remove(self) -> None:
         if self._handle is not None:
             self._handle.remove()
+
+
+class FeatureDiversity:
+    """Pushes the teacher's features of each generated sample away from the rest of its batch and from a bank
+    of the last `size` samples' features: the logsumexp of its cosine similarities to them at `temperature`,
+    averaged over the batch. An adversarial generator otherwise settles on the few regions where the student
+    is currently wrong and re-makes them round after round; the bank makes a sample like last rounds' ones
+    cost, so the student sees more of the teacher's feature space. The bank holds detached features only."""
+
+    def __init__(self, size: int = 2048, temperature: float = 0.1):
+        self.size, self.temperature = size, temperature
+        self.bank: torch.Tensor | None = None  # unit vectors, newest last
+
+    def loss(self, features: torch.Tensor) -> torch.Tensor:
+        f = F.normalize(features.flatten(1), dim=1)
+        bank = self.bank if self.bank is not None and self.bank.shape[1] == f.shape[1] else f[:0].detach()
+        others = torch.cat([f, bank.to(f.device)])
+        if len(others) < 2:
+            return torch.zeros((), device=f.device)
+        sim = (f @ others.T) / self.temperature
+        itself = torch.zeros_like(sim, dtype=torch.bool)
+        itself[:, :len(f)] = torch.eye(len(f), dtype=torch.bool, device=f.device)
+        value = torch.logsumexp(sim.masked_fill(itself, float("-inf")), dim=1).mean()
+        self.bank = torch.cat([bank, f.detach()])[-self.size:]
+        return value
+
+    def state_dict(self) -> dict:
+        return {"bank": self.bank if self.bank is not None else torch.zeros(0, 0)}
+
+    def load_state_dict(self, state: dict) -> None:
+        bank = state["bank"]
+        self.bank = bank if bank.numel() else None
 
 
 def generator_objective(weights: dict[str, float], terms: dict[str, torch.Tensor]) -> torch.Tensor:

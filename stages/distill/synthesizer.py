@@ -4,7 +4,7 @@ A synthesizer owns its generator(s) and optimiser and the hooks it needs on the 
 the loop calls `step(student, batch, focus)` once (learn to make samples the teacher finds plausible and the
 student gets wrong; `synthesis_steps` generator updates), then `sample(n)` for every student step. All of them
 minimise the same objective (criteria.py): adversarial disagreement, the teacher's BatchNorm statistics,
-class balance, confidence and activation. Images are read through a random translation of up to `max_shift`
+class balance, confidence, activation and, where the teacher has BatchNorm, feature diversity. Images are read through a random translation of up to `max_shift`
 pixels (DeepInversion's jitter), so the generator learns inputs the teacher reads alike when moved, as
 real ones are, rather than patterns it recognises at one position only.
 
@@ -51,8 +51,13 @@ class AdversarialSynthesizer:
         self.opt = self._optimizer(self.generator.parameters())
         self.bn = criteria.BNStatistics(teacher)
         self.features = criteria.PenultimateFeatures(teacher)
-        self.weights = {"adversarial": cfg.w_adv, "bn": cfg.w_bn if self.bn.layers else 0.0,
-                        "balance": cfg.w_balance, "onehot": cfg.w_onehot, "activation": cfg.w_activation}
+        self.diversity = criteria.FeatureDiversity()
+        # Diversity only with the BatchNorm prior, which keeps the samples it spreads close to what the teacher
+        # was trained on; without that prior the spreading moves them away from it instead.
+        has_bn = bool(self.bn.layers)
+        self.weights = {"adversarial": cfg.w_adv, "bn": cfg.w_bn if has_bn else 0.0,
+                        "balance": cfg.w_balance, "onehot": cfg.w_onehot, "activation": cfg.w_activation,
+                        "diversity": cfg.w_diversity if has_bn else 0.0}
 
     @property
     def learner(self) -> nn.Module:
@@ -83,8 +88,13 @@ class AdversarialSynthesizer:
             "balance": criteria.class_balance(t_logits, focus) if labels is None else zero,
             "onehot": criteria.onehot(t_logits, focus) if labels is None else F.cross_entropy(t_logits, labels),
             "activation": criteria.activation(self.features.features),
+            "diversity": (self.diversity.loss(self._features(t_logits)) if self.weights["diversity"] else zero),
         }
         return criteria.generator_objective(self.weights, terms)
+
+    def _features(self, t_logits: torch.Tensor) -> torch.Tensor:
+        """The teacher's penultimate features of the batch just seen; its outputs where it has no Linear layer."""
+        return self.features.features if self.features.features is not None else t_logits
 
     def _update(self, opt: torch.optim.Optimizer, loss: torch.Tensor) -> bool:
         if not torch.isfinite(loss):
@@ -114,7 +124,7 @@ class AdversarialSynthesizer:
 
     def _parts(self) -> dict:
         """What a checkpoint holds to resume the synthesizer exactly."""
-        return {"generator": self.generator, "opt": self.opt}
+        return {"generator": self.generator, "opt": self.opt, "diversity": self.diversity}
 
     def state_dict(self) -> dict:
         return {name: part.state_dict() for name, part in self._parts().items()}
@@ -166,7 +176,7 @@ class MetaSynthesizer(AdversarialSynthesizer):
         return self.fast(self._noise(n))
 
     def _parts(self) -> dict:
-        return {"generator": self.generator, "fast": self.fast}
+        return {"generator": self.generator, "fast": self.fast, "diversity": self.diversity}
 
 
 class ConditionalSynthesizer(AdversarialSynthesizer):

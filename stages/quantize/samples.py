@@ -9,6 +9,7 @@ inverted once (as the probes are) would be a fixed pool that fine-tuning repeats
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Callable
 
@@ -29,7 +30,8 @@ def train_generator(cfg: DistillConfig, model: nn.Module, shape: tuple[int, ...]
     and the summary run.json keeps."""
     t0 = time.perf_counter()
     # The plain generator whatever distill.synthesizer says: stage 2 samples it from noise alone.
-    synth = AdversarialSynthesizer(cfg, model, shape, device)
+    # Without the feature-diversity term, which is measured for distillation against a student only.
+    synth = AdversarialSynthesizer(dataclasses.replace(cfg, w_diversity=0.0), model, shape, device)
     try:
         for step in range(steps):
             loss = synth.step(None, cfg.batch_size)
