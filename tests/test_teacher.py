@@ -299,7 +299,8 @@ def test_teacher_without_batchnorm_warns_once_and_factory_student_without_bn(tmp
     capfd.readouterr()
     run_all(load_config(cfg, {"preset": "smoke", "target": "jetson", **TINY}), out, Console(quiet=False), force=True)
     err = capfd.readouterr().err
-    assert " ".join(err.split()).count("BN-statistics and feature-diversity terms are dropped") == 1, err  # the console wraps lines
+    # the console wraps long lines
+    assert " ".join(err.split()).count("BN-statistics and feature-diversity terms are dropped") == 1, err
     _check_bundle(out, (3, 15, 9), 5)
     assert json.loads((out / "student.json").read_text())["family"] == "factory"
 

@@ -4,9 +4,10 @@ A synthesizer owns its generator(s) and optimiser and the hooks it needs on the 
 the loop calls `step(student, batch, focus)` once (learn to make samples the teacher finds plausible and the
 student gets wrong; `synthesis_steps` generator updates), then `sample(n)` for every student step. All of them
 minimise the same objective (criteria.py): adversarial disagreement, the teacher's BatchNorm statistics,
-class balance, confidence, activation and, where the teacher has BatchNorm, feature diversity. Images are read through a random translation of up to `max_shift`
-pixels (DeepInversion's jitter), so the generator learns inputs the teacher reads alike when moved, as
-real ones are, rather than patterns it recognises at one position only.
+class balance, confidence, activation and, where the teacher has BatchNorm, feature diversity. Images are
+read through a random translation of up to `max_shift` pixels (DeepInversion's jitter), so the generator
+learns inputs the teacher reads alike when moved, as real ones are, rather than patterns it recognises at
+one position only.
 
   adversarial  one persistent generator from noise to inputs (DFAD, PRE-DFKD).
   meta         a persistent meta-generator; each round a copy of it learns for a few steps and serves the
