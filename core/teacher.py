@@ -604,8 +604,14 @@ def as_logits_teacher(model: nn.Module, spec: TaskSpec, output: int | str | None
     return teacher
 
 
+def batchnorm_statistics(model: nn.Module) -> list[nn.Module]:
+    """The model's BatchNorm layers that keep running statistics: the only ones the BN-statistics prior can
+    match (one built with track_running_stats=False normalises by each batch alone and remembers nothing)."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
 def has_batchnorm(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    return bool(batchnorm_statistics(model))
 
 
 class _OpNames(TorchDispatchMode):

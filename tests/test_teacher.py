@@ -305,6 +305,15 @@ def test_teacher_without_batchnorm_warns_once_and_factory_student_without_bn(tmp
     assert json.loads((out / "student.json").read_text())["family"] == "factory"
 
 
+def test_batchnorm_without_running_statistics_counts_as_none_for_the_warning_and_the_prior():
+    # Such a layer normalises each batch by itself: there is nothing to match, and the warning must say so
+    per_batch = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4, track_running_stats=False), nn.ReLU(),
+                              nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    tracked = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    assert not has_batchnorm(per_batch) and BNStatistics(per_batch).layers == []
+    assert has_batchnorm(tracked) and BNStatistics(tracked).layers == [tracked[1]]
+
+
 def test_eval_npz_is_normalised_per_channel_and_checked(tmp_path):
     from core.evaluation import eval_set
 

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.teacher import batchnorm_statistics
+
 
 def js_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 3.0) -> torch.Tensor:
     """Jensen-Shannon divergence between softened predictions, in [0, log 2]."""
@@ -82,7 +84,7 @@ class BNStatistics:
     """
 
     def __init__(self, model: nn.Module):
-        self.layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+        self.layers = batchnorm_statistics(model)
         self._terms: list[torch.Tensor] = []
         self.active = False  # only the generator step pays for the statistics
         self._handles = [m.register_forward_hook(self._hook) for m in self.layers]

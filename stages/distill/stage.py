@@ -73,7 +73,8 @@ def stage_distill(cfg, out: Path, resume: bool, console: Console, memory_factory
         teacher, spec = load_teacher(cfg)
         check_compatible(cfg.eval, spec.input_shape, spec.num_classes, spec)
         if cfg.distill.w_bn and not has_batchnorm(teacher):
-            console.warn("teacher has no BatchNorm layers: the BN-statistics and feature-diversity terms are dropped")
+            console.warn("teacher has no BatchNorm layers with running statistics: the BN-statistics and "
+                         "feature-diversity terms are dropped")
         if cfg.distill.batch_size < world.size:
             raise UsageError(f"distill.batch_size {cfg.distill.batch_size} is smaller than the {world.size} "
                              "processes sharing it")
