@@ -19,6 +19,7 @@ run). Writes benchmarks/results/distill.json (tables) and benchmarks/results/dis
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import statistics
@@ -93,6 +94,13 @@ def code_key() -> str | None:
         return None
     r = git("rev-parse", *(f"HEAD:{c}" for c in CODE))
     return " ".join(r.stdout.split()) if r.returncode == 0 else None
+
+
+def run_name(synthesizer: str, replay: str, seed: int, sets: list[str]) -> str:
+    """The kept run's directory under its teacher: a run with `--set` values gets its own, so a variant does not
+    overwrite the default's run (which benchmarks/quantize.py and peers.py read)."""
+    name = f"{synthesizer}-{replay}-{seed}"
+    return f"{name}-{hashlib.sha256(json.dumps(sets).encode()).hexdigest()[:8]}" if sets else name
 
 
 def run_one(cfg: Path, out: Path, preset: str, seed: int, synthesizer: str, replay: str, sets: list[str],
@@ -232,7 +240,7 @@ def main() -> None:
         for synthesizer in args.synthesizers.split(","):
             for replay in args.replay.split(","):
                 for seed in (int(s) for s in args.seeds.split(",")):
-                    out = WORK / name / f"{synthesizer}-{replay}-{seed}"
+                    out = WORK / name / run_name(synthesizer, replay, seed, args.sets)
                     rep = run_one(cfg, out, args.preset, seed, synthesizer, replay, args.sets, args.time_budget,
                                   args.reuse, args.requantize)
                     rows.append(row_of(name, synthesizer, replay, seed, rep))
