@@ -29,8 +29,8 @@ def prepare_own_model(cfg, out: Path, console: Console) -> dict:
     model, spec = load_teacher(cfg)
     check_compatible(cfg.eval, spec.input_shape, spec.num_classes, spec)
     if not has_batchnorm(model):
-        console.warn("the model has no BatchNorm layers with running statistics: its synthetic samples follow its class balance and "
-                     "confidence alone")
+        console.warn("the model has no BatchNorm layers with running statistics: its synthetic samples follow its "
+                     "class balance and confidence alone")
     steps = cfg.quantize.generator_steps
     console.info(f"quantize: {spec.source} itself, no distillation; training its sample generator ({steps} rounds)")
     with console.progress("samples", steps) as advance:
