@@ -237,6 +237,27 @@ def test_feature_diversity_is_in_the_objective_only_for_a_teacher_with_batchnorm
         without_bn.close()
 
 
+def test_confidence_is_eased_only_where_the_batchnorm_prior_steers_samples_for_a_student():
+    """The confidence term keeps its whole weight without the BN prior (no BatchNorm, or w_bn 0) and for samples
+    no student learns from (a model quantized as it is)."""
+    plain = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval()
+    cfg, cpu = _smoke_cfg(), torch.device("cpu")
+    made = {"bn": synthesizer.AdversarialSynthesizer(cfg, TinyTeacher().eval(), SHAPE, cpu),
+            "plain": synthesizer.AdversarialSynthesizer(cfg, plain, SHAPE, cpu),
+            "bn prior off": synthesizer.AdversarialSynthesizer(dataclasses.replace(cfg, w_bn=0.0),
+                                                               TinyTeacher().eval(), SHAPE, cpu),
+            "no student": synthesizer.AdversarialSynthesizer(cfg, TinyTeacher().eval(), SHAPE, cpu,
+                                                             for_student=False)}
+    try:
+        assert made["bn"].weights["onehot"] == pytest.approx(cfg.w_onehot * synthesizer.EASED_CONFIDENCE)
+        assert synthesizer.EASED_CONFIDENCE < 1
+        for name in ("plain", "bn prior off", "no student"):
+            assert made[name].weights["onehot"] == cfg.w_onehot, name
+    finally:
+        for s in made.values():
+            s.close()
+
+
 @pytest.mark.parametrize("shape, shift", [((1, 16, 16), 1), (SHAPE, 0), ((64,), 0)])
 def test_the_generator_objective_reads_images_moved_and_small_or_flat_inputs_as_they_are(shape, shift):
     """The teacher and the student see the synthesizer's images through the same random translation per batch,

@@ -58,9 +58,7 @@ class DistillConfig:
     w_adv: float = setting(1.0, ge=0)
     w_bn: float = setting(5.0, ge=0)  # BN-statistics prior (DeepInversion), in each layer's own units
     w_balance: float = setting(5.0, ge=0)  # entropy of the batch-mean prediction (DAFL)
-    # Low, so the generator also finds where the teacher is unsure: a student that never sees its near-ties
-    # misses them on real inputs
-    w_onehot: float = setting(0.3, ge=0)
+    w_onehot: float = setting(1.0, ge=0)  # eased where the BN prior is on (synthesizer.EASED_CONFIDENCE)
     w_activation: float = setting(0.1, ge=0)
     # Teacher features of generated samples pushed from each other and from recent batches' (criteria.FeatureDiversity);
     # only for a teacher with BatchNorm

@@ -37,13 +37,21 @@ def max_shift(shape: tuple[int, ...]) -> int:
     return min(shape[1:]) // 14 if len(shape) == 3 else 0
 
 
+# The confidence term's share where the BatchNorm prior is on and a student learns from the samples. That prior
+# holds samples near the teacher's data, so less pressure towards confident samples lets the generator also make
+# the inputs the teacher is unsure of: a student that never sees the teacher's near-ties misses them on real
+# inputs. Without the prior, confidence is what makes samples look like a class at all, and it stays whole.
+EASED_CONFIDENCE = 0.3
+
+
 class AdversarialSynthesizer:
     """PRE-DFKD's generator: one persistent network from noise to inputs, trained against the student with the
     teacher's priors. `shift` is the objective's jitter (max_shift); none for a model quantized as it is, whose
-    calibration needs its own ranges, not a student's neighbourhood."""
+    calibration needs its own ranges, not a student's neighbourhood, and whose samples keep the whole confidence
+    term (`for_student` False)."""
 
     def __init__(self, cfg: DistillConfig, teacher: nn.Module, shape: tuple[int, ...], device: torch.device,
-                 shift: int = 0):
+                 shift: int = 0, for_student: bool = True):
         self.cfg, self.teacher, self.shape, self.device = cfg, teacher, shape, device
         self.shift = shift
         self.latent_dim = cfg.latent_dim
@@ -56,9 +64,10 @@ class AdversarialSynthesizer:
         # Diversity only with the BatchNorm prior, which keeps the samples it spreads close to what the teacher
         # was trained on; without that prior the spreading moves them away from it instead.
         has_bn = bool(self.bn.layers)
+        eased = for_student and has_bn and cfg.w_bn > 0
         self.weights = {"adversarial": cfg.w_adv, "bn": cfg.w_bn if has_bn else 0.0,
-                        "balance": cfg.w_balance, "onehot": cfg.w_onehot, "activation": cfg.w_activation,
-                        "diversity": cfg.w_diversity if has_bn else 0.0}
+                        "balance": cfg.w_balance, "onehot": cfg.w_onehot * (EASED_CONFIDENCE if eased else 1.0),
+                        "activation": cfg.w_activation, "diversity": cfg.w_diversity if has_bn else 0.0}
 
     @property
     def learner(self) -> nn.Module:

@@ -30,8 +30,9 @@ def train_generator(cfg: DistillConfig, model: nn.Module, shape: tuple[int, ...]
     and the summary run.json keeps."""
     t0 = time.perf_counter()
     # The plain generator whatever distill.synthesizer says: stage 2 samples it from noise alone.
-    # Without the feature-diversity term, which is measured for distillation against a student only.
-    synth = AdversarialSynthesizer(dataclasses.replace(cfg, w_diversity=0.0), model, shape, device)
+    # Without the feature-diversity term and the eased confidence, which are measured for distillation against a
+    # student only.
+    synth = AdversarialSynthesizer(dataclasses.replace(cfg, w_diversity=0.0), model, shape, device, for_student=False)
     try:
         for step in range(steps):
             loss = synth.step(None, cfg.batch_size)
