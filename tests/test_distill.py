@@ -253,6 +253,7 @@ def test_confidence_is_eased_only_where_the_batchnorm_prior_steers_samples_for_a
         assert synthesizer.EASED_CONFIDENCE < 1
         for name in ("plain", "bn prior off", "no student"):
             assert made[name].weights["onehot"] == cfg.w_onehot, name
+        assert made["no student"].weights["diversity"] == 0.0 < made["bn"].weights["diversity"]
     finally:
         for s in made.values():
             s.close()

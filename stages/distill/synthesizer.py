@@ -47,8 +47,9 @@ EASED_CONFIDENCE = 0.3
 class AdversarialSynthesizer:
     """PRE-DFKD's generator: one persistent network from noise to inputs, trained against the student with the
     teacher's priors. `shift` is the objective's jitter (max_shift); none for a model quantized as it is, whose
-    calibration needs its own ranges, not a student's neighbourhood, and whose samples keep the whole confidence
-    term (`for_student` False)."""
+    calibration needs its own ranges, not a student's neighbourhood; with `for_student` False (no student learns
+    from the samples) the objective also leaves out the student-only parts: no feature diversity, the whole
+    confidence term."""
 
     def __init__(self, cfg: DistillConfig, teacher: nn.Module, shape: tuple[int, ...], device: torch.device,
                  shift: int = 0, for_student: bool = True):
@@ -64,10 +65,11 @@ class AdversarialSynthesizer:
         # Diversity only with the BatchNorm prior, which keeps the samples it spreads close to what the teacher
         # was trained on; without that prior the spreading moves them away from it instead.
         has_bn = bool(self.bn.layers)
-        eased = for_student and has_bn and cfg.w_bn > 0
-        self.weights = {"adversarial": cfg.w_adv, "bn": cfg.w_bn if has_bn else 0.0,
-                        "balance": cfg.w_balance, "onehot": cfg.w_onehot * (EASED_CONFIDENCE if eased else 1.0),
-                        "activation": cfg.w_activation, "diversity": cfg.w_diversity if has_bn else 0.0}
+        bn = cfg.w_bn if has_bn else 0.0
+        self.weights = {"adversarial": cfg.w_adv, "bn": bn, "balance": cfg.w_balance,
+                        "onehot": cfg.w_onehot * (EASED_CONFIDENCE if for_student and bn > 0 else 1.0),
+                        "activation": cfg.w_activation,
+                        "diversity": cfg.w_diversity if for_student and has_bn else 0.0}
 
     @property
     def learner(self) -> nn.Module:

@@ -9,7 +9,6 @@ inverted once (as the probes are) would be a fixed pool that fine-tuning repeats
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from typing import Callable
 
@@ -32,7 +31,7 @@ def train_generator(cfg: DistillConfig, model: nn.Module, shape: tuple[int, ...]
     # The plain generator whatever distill.synthesizer says: stage 2 samples it from noise alone.
     # Without the feature-diversity term and the eased confidence, which are measured for distillation against a
     # student only.
-    synth = AdversarialSynthesizer(dataclasses.replace(cfg, w_diversity=0.0), model, shape, device, for_student=False)
+    synth = AdversarialSynthesizer(cfg, model, shape, device, for_student=False)
     try:
         for step in range(steps):
             loss = synth.step(None, cfg.batch_size)
