@@ -104,6 +104,8 @@ def coerce(where: str, value: Any, annotation: Any) -> Any:
             raise UsageError(f"config: {where} must be a string, got {value!r}")
         return value
     if base.startswith("list["):
+        if base == "list[float]" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]  # `mean = 0.1307` is the one-value list `mean = [0.1307]`
         if not isinstance(value, list):
             raise UsageError(f"config: {where} must be a list, got {value!r}")
         return [coerce(f"{where}[{i}]", v, base[5:-1]) for i, v in enumerate(value)]
