@@ -44,6 +44,7 @@ COMMANDS = {
     "distill-digits": "python benchmarks/distill.py --teachers digits_cnn,digits_mlp_bn --name distill-digits",
     "distill-gn_separable": "python benchmarks/distill.py --teachers gn_separable --seeds 0,1 --name distill-gn_separable",
     "distill-new-kinds": "python benchmarks/distill.py --teachers layernorm_mlp,elu_avgpool32 --seeds 0,1 --name distill-new-kinds",
+    "distill-gelu_ls": "python benchmarks/distill.py --teachers gelu_ls --seeds 0,1 --name distill-gelu_ls",
     "distill-meta-nobudget": "python benchmarks/distill.py --teachers wide_shallow,gn_separable --synthesizers meta --seeds 0 --name distill-meta-nobudget",
     "distill-conditional": "python benchmarks/distill.py --teachers digits,lenet5,gn_separable --synthesizers conditional --seeds 0 --name distill-conditional",
     "replay-standard": "python benchmarks/replay.py --task digits --modes vae,none --seeds 0,1,2,3",
