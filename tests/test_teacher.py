@@ -246,8 +246,8 @@ def test_vector_mean_and_std_are_per_feature(tmp_path):
     _models(tmp_path)
     ok = _config(tmp_path, 'factory = "models.py:tab"', (30,), 3, f"mean = {[0.0] * 30}\nstd = {[2.0] * 30}\n")
     assert load_config(ok).teacher.std == [2.0] * 30
-    one = _config(tmp_path, 'factory = "models.py:tab"', (30,), 3, "mean = 0.5\nstd = 2\n")
-    assert (load_config(one).teacher.mean, load_config(one).teacher.std) == ([0.5], [2.0])  # a bare number is one value
+    one = load_config(_config(tmp_path, 'factory = "models.py:tab"', (30,), 3, "mean = 0.5\nstd = 2\n")).teacher
+    assert (one.mean, one.std) == ([0.5], [2.0])  # a bare number is one value
     bad = _config(tmp_path, 'factory = "models.py:tab"', (30,), 3, "mean = [0.0, 1.0]\n")
     with pytest.raises(UsageError, match="1 or 30 values"):
         load_config(bad)
