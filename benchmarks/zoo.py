@@ -38,8 +38,9 @@ DIGITS_MEAN, DIGITS_STD = 0.3059, 0.3782
 
 # ---- architectures ----------------------------------------------------------------------------------
 
-def conv_bn_relu(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:
-    return [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+def conv_bn_act(cin: int, cout: int, stride: int = 1,
+                activation: Callable[[], nn.Module] = lambda: nn.ReLU(inplace=True)) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), activation()]
 
 
 class LeNet5(nn.Module):
@@ -66,8 +67,8 @@ class BNCNN(nn.Module):
         super().__init__()
         a, b, c, d = widths
         self.features = nn.Sequential(
-            *conv_bn_relu(1, a), *conv_bn_relu(a, b), nn.MaxPool2d(2),
-            *conv_bn_relu(b, c), nn.MaxPool2d(2), *conv_bn_relu(c, d),
+            *conv_bn_act(1, a), *conv_bn_act(a, b), nn.MaxPool2d(2),
+            *conv_bn_act(b, c), nn.MaxPool2d(2), *conv_bn_act(c, d),
             nn.AdaptiveAvgPool2d(1), nn.Flatten(),
         )
         self.classifier = nn.Linear(d, num_classes)
@@ -79,7 +80,7 @@ class BNCNN(nn.Module):
 class ResidualBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int):
         super().__init__()
-        self.body = nn.Sequential(*conv_bn_relu(cin, cout, stride), nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
+        self.body = nn.Sequential(*conv_bn_act(cin, cout, stride), nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
                                   nn.BatchNorm2d(cout))
         self.shortcut = nn.Identity()
         if stride != 1 or cin != cout:
@@ -95,7 +96,7 @@ class SmallResNet(nn.Module):
     def __init__(self, num_classes: int = 10):
         super().__init__()
         self.features = nn.Sequential(
-            *conv_bn_relu(1, 16), ResidualBlock(16, 16, 1), ResidualBlock(16, 32, 2), ResidualBlock(32, 64, 2),
+            *conv_bn_act(1, 16), ResidualBlock(16, 16, 1), ResidualBlock(16, 32, 2), ResidualBlock(32, 64, 2),
             nn.AdaptiveAvgPool2d(1), nn.Flatten(),
         )
         self.classifier = nn.Linear(64, num_classes)
@@ -107,7 +108,7 @@ class SmallResNet(nn.Module):
 def strided_cnn(num_classes: int = 10) -> nn.Module:
     """Downsampling by stride-2 convolutions instead of pooling, with BatchNorm."""
     return nn.Sequential(
-        *conv_bn_relu(1, 32), *conv_bn_relu(32, 64, 2), *conv_bn_relu(64, 64), *conv_bn_relu(64, 96, 2),
+        *conv_bn_act(1, 32), *conv_bn_act(32, 64, 2), *conv_bn_act(64, 64), *conv_bn_act(64, 96, 2),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(96, num_classes),
     )
 
@@ -160,7 +161,7 @@ class GELUStridedGAP(nn.Module):
         super().__init__()
 
         def block(cin: int, cout: int, stride: int) -> nn.Sequential:
-            return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.GELU())
+            return nn.Sequential(*conv_bn_act(cin, cout, stride, nn.GELU))
 
         self.features = nn.Sequential(block(1, 24, 1), block(24, 48, 2), block(48, 48, 1), block(48, 96, 2),
                                       block(96, 96, 1))
@@ -185,7 +186,7 @@ def mlp(input_shape: tuple[int, ...], num_classes: int = 10, widths: tuple[int, 
 def digits_cnn(num_classes: int = 10) -> nn.Module:
     """A small BN CNN for 8x8 digits."""
     return nn.Sequential(
-        *conv_bn_relu(1, 32), *conv_bn_relu(32, 64), nn.MaxPool2d(2), *conv_bn_relu(64, 64),
+        *conv_bn_act(1, 32), *conv_bn_act(32, 64), nn.MaxPool2d(2), *conv_bn_act(64, 64),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes),
     )
 
