@@ -13,7 +13,8 @@ from core.teacher import load_weights
 from pipeline.config import load_config
 from stages.distill.engine import distill
 from stages.distill.networks import build_student, student_spec
-from stages.distill.stopping import Pace, cool_down_end, fitting_iterations, plateaued, verdict
+from stages.distill.stopping import (AGREEMENT_FLOOR, RISING_OVER, Pace, cool_down_end, fitting_iterations, plateaued,
+                                     verdict)
 from tests.conftest import run_cli
 
 
@@ -50,25 +51,48 @@ def test_pace_skips_the_warm_up_and_the_budget_caps_iterations():
     assert fitting_iterations(2.0, budget_s=1000, elapsed_s=10, done=3, cap=100) == 100
 
 
+def _history(*agreements: float, train: float | None = None) -> list[dict]:
+    """Evaluations every 20 iterations with these probe agreements; `train` on the last one."""
+    out = [{"step": 20 * (i + 1), "agreement": a} for i, a in enumerate(agreements)]
+    out[-1]["train_agreement"] = train
+    return out
+
+
 def test_verdict_flags_low_or_overfitted_agreement():
-    assert verdict(0.95, 0.97)["converged"] is True
-    low = verdict(0.4, 0.5)
-    assert low["converged"] is False and "below 0.80" in low["reason"] and "try" in low
-    gap = verdict(0.82, 0.99)
+    assert verdict(_history(0.95, train=0.97), "plateau")["converged"] is True
+    low = verdict(_history(0.4, train=0.5), "plateau")
+    assert low["converged"] is False and f"below {AGREEMENT_FLOOR:.2f}" in low["reason"] and "try" in low
+    gap = verdict(_history(0.82, train=0.99), "plateau")
     assert gap["converged"] is False and "own training samples" in gap["reason"]
-    assert verdict(0.85, 0.9, minimum=0.9)["converged"] is False
-    assert verdict(None, None)["converged"] is None
+    assert verdict(_history(0.85, train=0.9), "plateau", minimum=0.9)["converged"] is False
+    assert verdict([], None)["converged"] is None
+    assert verdict([{"step": 20, "agreement": None}], None)["converged"] is None
+
+
+def test_verdict_flags_a_run_cut_while_agreement_still_rose():
+    # The BN CNN's student 40 iterations in: 0.78 agreement, above the floor, 0.78 of the teacher on real digits
+    cut = verdict(_history(0.49, 0.78, train=0.6), "time-budget")
+    assert cut["converged"] is False and "still rising" in cut["reason"] and "time budget" in cut["reason"]
+    assert "0.490 at iteration 20, 0.780 at 40" in cut["reason"]
+    # The trend is read over the last RISING_OVER evaluations only: a slow climb is a converged student's
+    slow = [0.5] + [0.76 + 0.01 * i for i in range(RISING_OVER + 1)]
+    assert verdict(_history(*slow), "iterations")["converged"] is True
+    assert verdict(_history(*slow[:2]), "iterations")["converged"] is False  # 0.5 to 0.76 in one evaluation
+    # A plateau's cool-down may lift agreement as the learning rate anneals: not a run cut short
+    assert verdict(_history(0.49, 0.78), "plateau")["converged"] is True
+    assert verdict(_history(0.78), "iterations")["converged"] is True  # one evaluation: no trend
 
 
 def test_probes_made_robustly_get_no_verdict_unless_the_user_set_a_minimum():
     # The GroupNorm teacher's case: good students at 0.68 on its robust set, with a low agreement on their
     # attacked training batches too; the ordinary set's floor would call them failed.
-    robust = verdict(0.68, 0.62, robust=True)
+    robust = verdict(_history(0.68, train=0.62), "plateau", robust=True)
     assert robust["converged"] is None and "not judged" in robust["reason"] and "0.680" in robust["reason"]
-    assert verdict(0.68, 0.62)["converged"] is False
-    assert verdict(0.68, 0.99, robust=True)["converged"] is None  # nor the gap to the training samples
-    assert verdict(0.68, 0.62, minimum=0.7, robust=True)["converged"] is False  # the user's own bar still holds
-    assert verdict(0.75, 0.62, minimum=0.7, robust=True)["converged"] is True
+    assert verdict(_history(0.6, train=0.62), "plateau")["converged"] is False
+    assert verdict(_history(0.68, train=0.99), "plateau", robust=True)["converged"] is None  # nor the training gap
+    assert verdict(_history(0.5, 0.68), "iterations", robust=True)["converged"] is None  # nor the trend
+    assert verdict(_history(0.68, train=0.62), "plateau", minimum=0.7, robust=True)["converged"] is False
+    assert verdict(_history(0.75, train=0.62), "plateau", minimum=0.7, robust=True)["converged"] is True
 
 
 def _digits_run(tmp_path, **settings):

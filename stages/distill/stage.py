@@ -136,7 +136,6 @@ def _finish(cfg, out: Path, run: dict, result: DistillResult, s_spec: dict, spec
     if result.vae is not None:
         wd.save_module(result.vae, out / wd.VAE_FILE)
         write_json(out / wd.VAE_SPEC, vae_spec(result.vae, spec.input_shape))
-    last = result.history[-1] if result.history else {}
     summary = {
         "replay": cfg.distill.replay,
         "replay_memory_bytes": result.memory.nbytes(),
@@ -147,8 +146,7 @@ def _finish(cfg, out: Path, run: dict, result: DistillResult, s_spec: dict, spec
         "estimate": result.estimate,
         "probes_s": round(result.probes_s, 2),
         "probes_robust": result.probes_robust,
-        "verdict": verdict(last.get("agreement"), last.get("train_agreement"), cfg.distill.min_agreement,
-                           result.probes_robust),
+        "verdict": verdict(result.history, result.stopped_by, cfg.distill.min_agreement, result.probes_robust),
         "history": result.history,
         "student_params": param_count(result.student),
         "teacher_params": teacher_params,
