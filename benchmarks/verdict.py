@@ -21,6 +21,8 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
@@ -98,6 +100,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--floors", default="0.6,0.65,0.7,0.75,0.8", help="comma list of agreement floors to compare")
     args = ap.parse_args()
+    torch.set_num_threads(1)  # nothing is computed here, but the header names the threads as every block's does
     floors = [float(f) for f in args.floors.split(",")]
     runs = [r for r in kept_runs() if not r["distillation"].get("probes_robust")]
     if not runs:
