@@ -51,20 +51,16 @@ def judged(run: dict, floor: float, rising: bool) -> list[dict]:
     """Each evaluation of the run with real accuracy, as its ratio to the teacher's, and whether the verdict at
     `floor` (with or without the rule on rising agreement) flags the student had the run ended there."""
     history = run["distillation"].get("history", [])
-    saved = stopping.AGREEMENT_FLOOR, stopping.RISING
-    stopping.AGREEMENT_FLOOR, stopping.RISING = floor, stopping.RISING if rising else float("inf")
-    try:
-        out = []
-        for i, h in enumerate(history):
-            if h.get("accuracy") is None:
-                continue
-            stopped_by = run["distillation"].get("stopped_by") if i == len(history) - 1 else "time-budget"
-            v = stopping.verdict(history[: i + 1], stopped_by)
-            out.append({"ratio": h["accuracy"] / run["teacher_accuracy"], "agreement": h["agreement"],
-                        "flagged": v["converged"] is False, "final": i == len(history) - 1})
-        return out
-    finally:
-        stopping.AGREEMENT_FLOOR, stopping.RISING = saved
+    out = []
+    for i, h in enumerate(history):
+        if h.get("accuracy") is None:
+            continue
+        stopped_by = run["distillation"].get("stopped_by") if i == len(history) - 1 else "time-budget"
+        v = stopping.verdict(history[: i + 1], stopped_by, floor=floor,
+                             rising=stopping.RISING if rising else float("inf"))
+        out.append({"ratio": h["accuracy"] / run["teacher_accuracy"], "agreement": h["agreement"],
+                    "flagged": v["converged"] is False, "final": i == len(history) - 1})
+    return out
 
 
 def per_floor(runs: list[dict], floors: list[float]) -> list[list]:
