@@ -47,7 +47,7 @@ def kept_runs() -> list[dict]:
     return out
 
 
-def judged(run: dict, floor: float, rising: bool) -> list[dict]:
+def judged(run: dict, floor: float, trend: bool) -> list[dict]:
     """Each evaluation of the run with real accuracy, as its ratio to the teacher's, and whether the verdict at
     `floor` (with or without the rule on rising agreement) flags the student had the run ended there."""
     history = run["distillation"].get("history", [])
@@ -55,22 +55,22 @@ def judged(run: dict, floor: float, rising: bool) -> list[dict]:
     for i, h in enumerate(history):
         if h.get("accuracy") is None:
             continue
-        stopped_by = run["distillation"].get("stopped_by") if i == len(history) - 1 else "time-budget"
-        v = stopping.verdict(history[: i + 1], stopped_by, floor=floor,
-                             rising=stopping.RISING if rising else float("inf"))
+        final = i == len(history) - 1
+        v = stopping.verdict(history[: i + 1], run["distillation"].get("stopped_by") if final else "time-budget",
+                             floor=floor, rising=stopping.RISING if trend else float("inf"))
         out.append({"ratio": h["accuracy"] / run["teacher_accuracy"], "agreement": h["agreement"],
-                    "flagged": v["converged"] is False, "final": i == len(history) - 1})
+                    "flagged": v["converged"] is False, "final": final})
     return out
 
 
 def per_floor(runs: list[dict], floors: list[float]) -> list[list]:
     rows = []
-    for rising in (True, False):
+    for trend in (True, False):
         for f in floors:
-            every = [e for r in runs for e in judged(r, f, rising)]
+            every = [e for r in runs for e in judged(r, f, trend)]
             good = [e for e in every if e["ratio"] >= GOOD]
             poor = [e for e in every if e["ratio"] < POOR]
-            rows.append([f, "yes" if rising else "no", len(good), sum(e["flagged"] for e in good), len(poor),
+            rows.append([f, "yes" if trend else "no", len(good), sum(e["flagged"] for e in good), len(poor),
                          sum(not e["flagged"] for e in poor), sum(e["flagged"] and e["final"] for e in good)])
     return rows
 
@@ -80,7 +80,7 @@ def per_run(runs: list[dict]) -> list[list]:
     students over its evaluations."""
     rows = []
     for r in runs:
-        ev = judged(r, stopping.AGREEMENT_FLOOR, rising=True)
+        ev = judged(r, stopping.AGREEMENT_FLOOR, trend=True)
         if not ev:
             continue
         good = [e["agreement"] for e in ev if e["ratio"] >= GOOD]
