@@ -96,10 +96,12 @@ def code_key() -> str | None:
     return " ".join(r.stdout.split()) if r.returncode == 0 else None
 
 
-def run_name(synthesizer: str, replay: str, seed: int, sets: list[str]) -> str:
-    """The kept run's directory under its teacher: a run with `--set` values gets its own, so a variant does not
-    overwrite the default's run (which benchmarks/quantize.py and peers.py read)."""
+def run_name(synthesizer: str, replay: str, seed: int, sets: list[str], budget: float | None = None) -> str:
+    """The kept run's directory under its teacher: a run with a time budget or `--set` values gets its own, so
+    neither a budgeted run nor a variant overwrites the run without them (benchmarks/quantize.py reads these)."""
     name = f"{synthesizer}-{replay}-{seed}"
+    if budget:
+        name += f"-budget{budget:g}"
     return f"{name}-{hashlib.sha256(json.dumps(sets).encode()).hexdigest()[:8]}" if sets else name
 
 
@@ -240,7 +242,7 @@ def main() -> None:
         for synthesizer in args.synthesizers.split(","):
             for replay in args.replay.split(","):
                 for seed in (int(s) for s in args.seeds.split(",")):
-                    out = WORK / name / run_name(synthesizer, replay, seed, args.sets)
+                    out = WORK / name / run_name(synthesizer, replay, seed, args.sets, args.time_budget)
                     rep = run_one(cfg, out, args.preset, seed, synthesizer, replay, args.sets, args.time_budget,
                                   args.reuse, args.requantize)
                     rows.append(row_of(name, synthesizer, replay, seed, rep))

@@ -25,6 +25,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -108,9 +109,13 @@ def distilled(name: str, preset: str, seed: int, mnist_path: Path):
 
 
 def kept_run(name: str, seed: int) -> Path | None:
-    """The run `benchmarks/distill.py` kept for a zoo teacher and seed, where it holds a distilled student."""
-    run = CACHE / "distill-runs" / name / f"adversarial-vae-{seed}"
-    return run if (run / "student.safetensors").is_file() else None
+    """The default-preset run `benchmarks/distill.py` kept for a zoo teacher and seed, where it holds a distilled
+    student: the one without a time budget, else the one with the largest budget (the zoo blocks' own)."""
+    base = f"adversarial-vae-{seed}"
+    runs = [run for run in (CACHE / "distill-runs" / name).glob(f"{base}*")
+            if re.fullmatch(rf"{base}(-budget[0-9.]+)?", run.name) and (run / "student.safetensors").is_file()]
+    budget = {run: float(run.name[len(base) + len("-budget"):] or "inf") for run in runs}
+    return max(runs, key=budget.get, default=None)
 
 
 def zoo_parts(name: str, seed: int):

@@ -1,0 +1,40 @@
+"""benchmarks/distill.py keeps each run in a directory of its own plan; benchmarks/quantize.py finds the default's."""
+
+from __future__ import annotations
+
+from tests.bench_modules import load
+
+distill_bench = load("distill")
+quantize_bench = load("quantize")
+
+
+def test_a_budget_or_a_set_gets_its_own_run_directory():
+    names = {distill_bench.run_name("adversarial", "vae", 0, []),
+             distill_bench.run_name("adversarial", "vae", 0, [], 840.0),
+             distill_bench.run_name("adversarial", "vae", 0, [], 600.0),
+             distill_bench.run_name("adversarial", "vae", 0, ["distill.w_adv=0.3"]),
+             distill_bench.run_name("adversarial", "vae", 0, ["distill.w_adv=0.3"], 840.0),
+             distill_bench.run_name("adversarial", "vae", 1, [])}
+    assert len(names) == 6
+    assert distill_bench.run_name("adversarial", "vae", 0, [], 840.0) == "adversarial-vae-0-budget840"
+
+
+def test_kept_run_prefers_the_unbudgeted_run_then_the_largest_budget_and_skips_variants(tmp_path, monkeypatch):
+    monkeypatch.setattr(quantize_bench, "CACHE", tmp_path)
+    runs = tmp_path / "distill-runs" / "bn_cnn"
+
+    def keep(name: str, student: bool = True) -> None:
+        (runs / name).mkdir(parents=True)
+        if student:
+            (runs / name / "student.safetensors").write_bytes(b"weights")
+
+    assert quantize_bench.kept_run("bn_cnn", 0) is None
+    keep(distill_bench.run_name("adversarial", "vae", 0, ["distill.w_adv=0.3"]))  # a variant is never the default's
+    keep(distill_bench.run_name("adversarial", "vae", 0, [], 600.0))
+    keep(distill_bench.run_name("adversarial", "vae", 0, [], 840.0))
+    keep(distill_bench.run_name("adversarial", "vae", 1, [], 900.0))
+    assert quantize_bench.kept_run("bn_cnn", 0).name == "adversarial-vae-0-budget840"
+    keep(distill_bench.run_name("adversarial", "vae", 0, []), student=False)  # failed before saving a student
+    assert quantize_bench.kept_run("bn_cnn", 0).name == "adversarial-vae-0-budget840"
+    (runs / "adversarial-vae-0" / "student.safetensors").write_bytes(b"weights")
+    assert quantize_bench.kept_run("bn_cnn", 0).name == "adversarial-vae-0"
