@@ -3,12 +3,14 @@ training split, which the pipeline never has.
 
     python benchmarks/real_ceiling.py --task mnist --seeds 0,1
     python benchmarks/real_ceiling.py --task digits --steps 3000
+    python benchmarks/real_ceiling.py --task zoo --teachers gn_separable,wide_shallow --steps 4000 --shifts 0
 
 The student, its optimiser and learning-rate schedule, the KD loss and the batch size are those of the
 distillation stage (default preset); only the inputs differ. With a shift N in `--shifts` each training image
 is also shifted by up to N pixels (the teacher labels the shifted image), the light augmentation the MNIST
 teacher was trained with. A data-free student below the no-shift row is limited by what its generator
-covers, not by its size.
+covers, not by its size. `--task zoo` takes teachers of benchmarks/zoo.py and the auto student a run builds for
+each (the size `student.ratio` picks from the teacher's).
 Writes benchmarks/results/real-ceiling-<task>.json and prints its tables.
 """
 
@@ -28,6 +30,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import results  # noqa: E402
+import zoo  # noqa: E402
 from replay import load_task  # noqa: E402
 
 
@@ -53,6 +56,28 @@ def train_split(task: str, mnist_path: Path) -> torch.Tensor:
     import mnist
 
     return mnist.load_split(mnist_path)[0]
+
+
+def zoo_task(name: str, cfg):
+    """(teacher, auto student, training images, evaluate, teacher accuracy) for a zoo teacher, as a run builds the
+    student for it."""
+    from core.teacher import computes_convolution
+    from stages.distill.networks import build_student, param_count, student_spec
+
+    entry = zoo.ZOO[name]
+    teacher, teacher_acc = entry.train()
+    x_train, x_test, _, y_test = entry.split()
+    student = build_student(student_spec(entry.input_shape, entry.num_classes, param_count(teacher),
+                                         cfg.student.ratio, computes_convolution(teacher, entry.input_shape)))
+
+    @torch.no_grad()
+    def evaluate(model):
+        was = model.training
+        accuracy = zoo.accuracy(model.eval(), x_test, y_test)
+        model.train(was)
+        return accuracy
+
+    return teacher, student, x_train, evaluate, teacher_acc
 
 
 def kd_on_real(teacher: torch.nn.Module, student: torch.nn.Module, x_train: torch.Tensor, cfg, steps: int,
@@ -82,25 +107,28 @@ def kd_on_real(teacher: torch.nn.Module, student: torch.nn.Module, x_train: torc
     return curve
 
 
-def ceiling_tables(task: str, rows: list, shifts: list[int], n_train: int, steps: int, batch: int) -> list[dict]:
-    """Per-run rows, and the mean final / teacher ratio per shift over the seeds."""
+def ceiling_tables(rows: list, n_train: int, steps: int, batch: int) -> list[dict]:
+    """Per-run rows, and the mean final / teacher ratio per task and shift over the seeds. A row is
+    (task, shift, seed, teacher accuracy, curve, wall seconds)."""
     per_run = [[task, shift, seed, f"{curve[-1][1]:.4f}", f"{max(a for _, a in curve):.4f}", f"{teacher_acc:.4f}",
-                f"{curve[-1][1] / teacher_acc:.4f}", f"{wall:.0f}"] for shift, seed, teacher_acc, curve, wall in rows]
+                f"{curve[-1][1] / teacher_acc:.4f}", f"{wall:.0f}"]
+               for task, shift, seed, teacher_acc, curve, wall in rows]
     means = []
-    for shift in shifts:
-        ratios = [r[3][-1][1] / r[2] for r in rows if r[0] == shift]
-        means.append([shift, len(ratios), f"{statistics.mean(ratios):.4f}"])
+    for task, shift in dict.fromkeys((r[0], r[1]) for r in rows):
+        ratios = [r[4][-1][1] / r[3] for r in rows if (r[0], r[1]) == (task, shift)]
+        means.append([task, shift, len(ratios), f"{statistics.mean(ratios):.4f}"])
     return [
         results.table(f"Student learning the teacher by KD on the real training split ({n_train:,} images), "
                       f"{steps:,} steps of batch {batch}",
                       ["task", "shift", "seed", "final", "peak", "teacher", "final / teacher", "wall s"], per_run),
-        results.table("Mean final / teacher over seeds", ["shift", "seeds", "final / teacher"], means),
+        results.table("Mean final / teacher over seeds", ["task", "shift", "seeds", "final / teacher"], means),
     ]
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--task", choices=("digits", "mnist"), default="mnist")
+    ap.add_argument("--task", choices=("digits", "mnist", "zoo"), default="mnist")
+    ap.add_argument("--teachers", default="gn_separable,wide_shallow", help="zoo teachers, for --task zoo")
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--steps", type=int, default=10000, help="student steps (a default-preset distillation makes at most 400 x 5 x 2 = 4,000)")
     ap.add_argument("--shifts", default="0,2", help="comma-separated maximal shifts in pixels; 0: none")
@@ -114,25 +142,35 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     cfg = load_config(overrides={"preset": "default"})
-    x_train = train_split(args.task, args.mnist)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     shifts = [int(s) for s in args.shifts.split(",") if s.strip()]
+    tasks = [t for t in args.teachers.split(",") if t.strip()] if args.task == "zoo" else [args.task]
+    unknown = [t for t in tasks if args.task == "zoo" and t not in zoo.ZOO]
+    if unknown:
+        raise SystemExit(f"unknown zoo teacher {unknown[0]!r}; choose from: {', '.join(zoo.ZOO)}")
     rows = []
-    for shift in shifts:
-        for seed in seeds:
-            torch.manual_seed(seed)
-            teacher, student, _, evaluate, teacher_acc = load_task(args.task, cfg, args.mnist, "standard",
-                                                                  torch.device("cpu"))
-            t0 = time.perf_counter()
-            curve = kd_on_real(teacher, student, x_train, cfg.distill, args.steps, shift, evaluate,
-                               eval_every=max(1, args.steps // 5))
-            wall = time.perf_counter() - t0
-            rows.append((shift, seed, teacher_acc, curve, wall))
-            print(f"  shift {shift} seed {seed}: " + ", ".join(f"{s}: {a:.4f}" for s, a in curve)
-                  + f" ({wall:.0f} s)", flush=True)
+    for task in tasks:
+        for shift in shifts:
+            for seed in seeds:
+                torch.manual_seed(seed)
+                if args.task == "zoo":
+                    teacher, student, x_train, evaluate, teacher_acc = zoo_task(task, cfg)
+                else:
+                    x_train = train_split(task, args.mnist)
+                    teacher, student, _, evaluate, teacher_acc = load_task(task, cfg, args.mnist, "standard",
+                                                                          torch.device("cpu"))
+                t0 = time.perf_counter()
+                curve = kd_on_real(teacher, student, x_train, cfg.distill, args.steps, shift, evaluate,
+                                   eval_every=max(1, args.steps // 5))
+                wall = time.perf_counter() - t0
+                rows.append((task, shift, seed, teacher_acc, curve, wall))
+                print(f"  {task} shift {shift} seed {seed}: " + ", ".join(f"{s}: {a:.4f}" for s, a in curve)
+                      + f" ({wall:.0f} s)", flush=True)
 
-    tables = ceiling_tables(args.task, rows, shifts, len(x_train), args.steps, cfg.distill.batch_size)
+    tables = ceiling_tables(rows, len(x_train), args.steps, cfg.distill.batch_size)
     settings = {"steps": args.steps, "batch": cfg.distill.batch_size, "threads": args.threads}
+    if args.task == "zoo":
+        settings["teachers"] = tasks
     results.show(results.write(f"real-ceiling-{args.task}", tables, results.command_line(__file__, argv), settings))
     return 0
 

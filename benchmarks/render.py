@@ -32,6 +32,7 @@ COMMANDS = {
     "own-teacher-image": "python benchmarks/own_teacher.py --only image",
     "real-ceiling-mnist": "python benchmarks/real_ceiling.py --task mnist --seeds 0,1",
     "real-ceiling-digits": "python benchmarks/real_ceiling.py --task digits --steps 3000 --seeds 0,1,2,3",
+    "real-ceiling-zoo": "python benchmarks/real_ceiling.py --task zoo --teachers gn_separable,wide_shallow --steps 4000 --shifts 0 --seeds 0",
     "replay-fidelity": "python benchmarks/replay_fidelity.py --seeds 2,3",
     "distill-bn_cnn": "python benchmarks/distill.py --teachers bn_cnn --time-budget 840 --seeds 0,1 --name distill-bn_cnn",
     "distill-bn_cnn-faster-host": "python benchmarks/distill.py --teachers bn_cnn --time-budget 840 --seeds 0,1 --name distill-bn_cnn-faster-host",
