@@ -111,11 +111,12 @@ def distilled(name: str, preset: str, seed: int, mnist_path: Path):
 def kept_run(name: str, seed: int) -> Path | None:
     """The default-preset run `benchmarks/distill.py` kept for a zoo teacher and seed, where it holds a distilled
     student: the one without a time budget, else the one with the largest budget (the zoo blocks' own)."""
-    base = f"adversarial-vae-{seed}"
-    runs = [run for run in (CACHE / "distill-runs" / name).glob(f"{base}*")
-            if re.fullmatch(rf"{base}(-budget[0-9.]+)?", run.name) and (run / "student.safetensors").is_file()]
-    budget = {run: float(run.name[len(base) + len("-budget"):] or "inf") for run in runs}
-    return max(runs, key=budget.get, default=None)
+    budgets = {}
+    for run in (CACHE / "distill-runs" / name).glob(f"adversarial-vae-{seed}*"):
+        match = re.fullmatch(rf"adversarial-vae-{seed}(?:-budget([0-9.]+))?", run.name)
+        if match and (run / "student.safetensors").is_file():
+            budgets[run] = float(match[1] or "inf")
+    return max(budgets, key=budgets.get, default=None)
 
 
 def zoo_parts(name: str, seed: int):

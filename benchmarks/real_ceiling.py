@@ -107,7 +107,7 @@ def kd_on_real(teacher: torch.nn.Module, student: torch.nn.Module, x_train: torc
     return curve
 
 
-def ceiling_tables(rows: list, n_train: int, steps: int, batch: int) -> list[dict]:
+def ceiling_tables(rows: list, n_train: set[int], steps: int, batch: int) -> list[dict]:
     """Per-run rows, and the mean final / teacher ratio per task and shift over the seeds. A row is
     (task, shift, seed, teacher accuracy, curve, wall seconds)."""
     per_run = [[task, shift, seed, f"{curve[-1][1]:.4f}", f"{max(a for _, a in curve):.4f}", f"{teacher_acc:.4f}",
@@ -118,7 +118,8 @@ def ceiling_tables(rows: list, n_train: int, steps: int, batch: int) -> list[dic
         ratios = [r[4][-1][1] / r[3] for r in rows if (r[0], r[1]) == (task, shift)]
         means.append([task, shift, len(ratios), f"{statistics.mean(ratios):.4f}"])
     return [
-        results.table(f"Student learning the teacher by KD on the real training split ({n_train:,} images), "
+        results.table("Student learning the teacher by KD on the real training split "
+                      f"({' / '.join(f'{n:,}' for n in sorted(n_train))} images), "
                       f"{steps:,} steps of batch {batch}",
                       ["task", "shift", "seed", "final", "peak", "teacher", "final / teacher", "wall s"], per_run),
         results.table("Mean final / teacher over seeds", ["task", "shift", "seeds", "final / teacher"], means),
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [t for t in tasks if args.task == "zoo" and t not in zoo.ZOO]
     if unknown:
         raise SystemExit(f"unknown zoo teacher {unknown[0]!r}; choose from: {', '.join(zoo.ZOO)}")
-    rows = []
+    rows, n_train = [], set()
     for task in tasks:
         for shift in shifts:
             for seed in seeds:
@@ -159,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                     x_train = train_split(task, args.mnist)
                     teacher, student, _, evaluate, teacher_acc = load_task(task, cfg, args.mnist, "standard",
                                                                           torch.device("cpu"))
+                n_train.add(len(x_train))
                 t0 = time.perf_counter()
                 curve = kd_on_real(teacher, student, x_train, cfg.distill, args.steps, shift, evaluate,
                                    eval_every=max(1, args.steps // 5))
@@ -167,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {task} shift {shift} seed {seed}: " + ", ".join(f"{s}: {a:.4f}" for s, a in curve)
                       + f" ({wall:.0f} s)", flush=True)
 
-    tables = ceiling_tables(rows, len(x_train), args.steps, cfg.distill.batch_size)
+    tables = ceiling_tables(rows, n_train, args.steps, cfg.distill.batch_size)
     settings = {"steps": args.steps, "batch": cfg.distill.batch_size, "threads": args.threads}
     if args.task == "zoo":
         settings["teachers"] = tasks

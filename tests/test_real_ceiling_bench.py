@@ -12,7 +12,9 @@ def test_means_are_taken_per_task_and_shift_over_the_seeds():
             ("gn_separable", 0, 1, 0.98, [(800, 0.96), (1600, 0.99)], 11.0),
             ("wide_shallow", 0, 0, 0.95, [(800, 0.90), (1600, 0.95)], 12.0),
             ("wide_shallow", 2, 0, 0.95, [(800, 0.90), (1600, 0.931)], 12.0)]
-    per_run, means = ceiling.ceiling_tables(rows, 8000, 1600, 128)
+    per_run, means = ceiling.ceiling_tables(rows, {8000}, 1600, 128)
+    assert per_run["title"].startswith("Student learning the teacher by KD on the real training split (8,000 images)")
+    assert "(1,437 / 8,000 images)" in ceiling.ceiling_tables(rows, {8000, 1437}, 1600, 128)[0]["title"]
     assert [r[:5] for r in per_run["rows"]] == [["gn_separable", 0, 0, "0.9800", "0.9800"],
                                                 ["gn_separable", 0, 1, "0.9900", "0.9900"],
                                                 ["wide_shallow", 0, 0, "0.9500", "0.9500"],
