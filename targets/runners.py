@@ -169,15 +169,33 @@ def _peak_rss_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
 
 
+# The widest vector instructions a CPU offers, by its /proc/cpuinfo flag, widest first.
+_VECTOR_ISA = (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"), ("sve", "SVE"), ("asimd", "NEON"))
+
+
+def describe_cpu(cpuinfo: str, fallback: str) -> str:
+    """The model name in /proc/cpuinfo's text (`fallback` where it has none, as on many ARM kernels) and its widest
+    vector instructions: a VM shows one name ("AMD EPYC") for hosts with and without AVX-512, which differ in pace
+    and in the rounding of the kernels torch and ONNX Runtime pick, so a run repeats exactly only on the same kind."""
+    name, flags = None, set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key == "model name" and name is None:
+            name = value.strip()
+        elif key in ("flags", "features") and not flags:
+            flags = set(value.split())
+    isa = next((label for flag, label in _VECTOR_ISA if flag in flags), None)
+    return f"{name or fallback}, {isa}" if isa else (name or fallback)
+
+
 def cpu_model() -> str:
+    fallback = platform.processor() or platform.machine() or "unknown cpu"
     try:
         with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+            return describe_cpu(f.read(), fallback)
     except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown cpu"
+        return fallback
 
 
 def measured_on() -> str:

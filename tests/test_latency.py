@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from core.errors import UsageError
-from targets.runners import bare_loop_ms, harness_overhead, measure_onnx, percentiles
+from targets.runners import bare_loop_ms, describe_cpu, harness_overhead, measure_onnx, percentiles
 
 ROW_KEYS = {
     "runtime", "provider", "model", "batch", "threads", "p50_ms", "p90_ms", "p99_ms", "mean_ms",
@@ -110,3 +110,36 @@ def test_bare_loop_and_overhead(dyn_model):
     assert res["harness_mean_ms"] > 0 and res["bare_mean_ms"] > 0
     assert len(res["harness_round_means_ms"]) == len(res["bare_round_means_ms"]) == 2
     assert res["within_3pct"] == (abs(res["overhead_pct"]) <= 3.0)
+
+
+X86 = """processor\t: 0
+model name\t: AMD EPYC
+flags\t\t: fpu sse2 avx avx2 fma
+processor\t: 1
+model name\t: AMD EPYC
+flags\t\t: fpu sse2 avx avx2 fma avx512f
+"""
+ARM = """processor\t: 0
+BogoMIPS\t: 62.50
+Features\t: fp asimd evtstrm aes
+CPU part\t: 0xd42
+"""
+
+
+@pytest.mark.parametrize("text, expected", [
+    (X86, "AMD EPYC, AVX2"),  # the first processor's flags: every core of one host has the same
+    (X86.replace("avx2 fma\n", "avx2 fma avx512f\n", 1), "AMD EPYC, AVX-512"),
+    (ARM, "aarch64, NEON"),  # no model name: the platform's, with the features the kernels use
+    ("model name\t: Old CPU\nflags\t\t: fpu sse2\n", "Old CPU"),
+    ("", "aarch64"),
+])
+def test_cpu_description_names_the_vector_instructions(text, expected):
+    assert describe_cpu(text, "aarch64") == expected
+
+
+def test_measured_on_names_this_hosts_cpu():
+    from targets.runners import cpu_model, measured_on
+
+    assert cpu_model() in measured_on()
+    if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
+        assert cpu_model().endswith(("AVX2", "AVX-512"))
