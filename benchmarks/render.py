@@ -46,6 +46,7 @@ COMMANDS = {
     "distill-digits": "python benchmarks/distill.py --teachers digits_cnn,digits_mlp_bn --name distill-digits",
     "distill-builtin-120s": "python benchmarks/distill.py --teachers digits --seeds 0,1,2,3 --time-budget 120 --name distill-builtin-120s",
     "distill-gn_separable": "python benchmarks/distill.py --teachers gn_separable --seeds 0,1 --name distill-gn_separable",
+    "distill-gn_separable-avx2": "python benchmarks/distill.py --teachers gn_separable --seeds 0,1 --name distill-gn_separable-avx2",
     "distill-new-kinds": "python benchmarks/distill.py --teachers layernorm_mlp,elu_avgpool32 --seeds 0,1 --name distill-new-kinds",
     "distill-gelu_ls": "python benchmarks/distill.py --teachers gelu_ls --seeds 0,1 --name distill-gelu_ls",
     "distill-meta-nobudget": "python benchmarks/distill.py --teachers wide_shallow,gn_separable --synthesizers meta --seeds 0 --name distill-meta-nobudget",
