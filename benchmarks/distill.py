@@ -105,6 +105,12 @@ def run_name(synthesizer: str, replay: str, seed: int, sets: list[str], budget: 
     return f"{name}-{hashlib.sha256(json.dumps(sets).encode()).hexdigest()[:8]}" if sets else name
 
 
+def run_threads(sets: list[str]) -> int:
+    """The runs' torch threads: one, as every target here is stated, unless `--set threads=N` says otherwise."""
+    given = [s.split("=", 1)[1] for s in sets if s.replace(" ", "").startswith("threads=")]
+    return int(given[-1]) if given else 1
+
+
 def run_one(cfg: Path, out: Path, preset: str, seed: int, synthesizer: str, replay: str, sets: list[str],
             budget: float | None, reuse: bool = False, requantize: bool = False) -> dict:
     plan = {"code": code_key(), "preset": preset, "seed": seed, "synthesizer": synthesizer, "replay": replay,
@@ -123,7 +129,7 @@ def run_one(cfg: Path, out: Path, preset: str, seed: int, synthesizer: str, repl
     for s in sets:
         args += ["--set", s]
     t0 = time.perf_counter()
-    r = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    r = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS=str(run_threads(sets))))
     wall = time.perf_counter() - t0
     if r.returncode != 0:
         return {"error": (r.stderr.strip().splitlines() or ["failed"])[-1], "wall_s": wall}
@@ -234,7 +240,7 @@ def main() -> None:
     ap.add_argument("--requantize", action="store_true", help="for a run kept from the same plan on other code, "
                     "keep its distillation and rerun only quantization and export with the current code")
     args = ap.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(run_threads(args.sets))  # so the results say what the runs used
     names = list(zoo.ZOO) if args.teachers == "all" else args.teachers.split(",")
     rows, reports = [], []
     for name in names:

@@ -38,3 +38,10 @@ def test_kept_run_prefers_the_unbudgeted_run_then_the_largest_budget_and_skips_v
     assert quantize_bench.kept_run("bn_cnn", 0).name == "adversarial-vae-0-budget840"
     (runs / "adversarial-vae-0" / "student.safetensors").write_bytes(b"weights")
     assert quantize_bench.kept_run("bn_cnn", 0).name == "adversarial-vae-0"
+
+
+def test_runs_use_one_thread_unless_a_set_asks_for_more():
+    assert distill_bench.run_threads([]) == 1
+    assert distill_bench.run_threads(["distill.w_adv=0.3"]) == 1
+    assert distill_bench.run_threads(["threads=2"]) == 2
+    assert distill_bench.run_threads(["threads=2", "distill.kd_steps=3", "threads = 4"]) == 4
