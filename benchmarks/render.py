@@ -45,6 +45,8 @@ COMMANDS = {
     "distill-mlp": "python benchmarks/distill.py --teachers mlp --time-budget 600 --seeds 0,1 --name distill-mlp",
     "distill-digits": "python benchmarks/distill.py --teachers digits_cnn,digits_mlp_bn --name distill-digits",
     "distill-builtin-120s": "python benchmarks/distill.py --teachers digits --seeds 0,1,2,3 --time-budget 120 --name distill-builtin-120s",
+    "distill-builtin-120s-avx2": "python benchmarks/distill.py --teachers digits --seeds 0,1,2,3 --time-budget 120 --name distill-builtin-120s-avx2",
+    "distill-builtin-2threads": "python benchmarks/distill.py --teachers digits --seeds 0,1,2,3 --set threads=2 --name distill-builtin-2threads",
     "distill-gn_separable": "python benchmarks/distill.py --teachers gn_separable --seeds 0,1 --name distill-gn_separable",
     "distill-gn_separable-avx2": "python benchmarks/distill.py --teachers gn_separable --seeds 0,1 --name distill-gn_separable-avx2",
     "distill-new-kinds": "python benchmarks/distill.py --teachers layernorm_mlp,elu_avgpool32 --seeds 0,1 --name distill-new-kinds",
