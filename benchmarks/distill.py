@@ -121,15 +121,16 @@ def run_one(cfg: Path, out: Path, preset: str, seed: int, synthesizer: str, repl
         return old["result"]
     if requantize and old and {**old["plan"], "code": None} == {**plan, "code": None}:
         return requantize_kept(out, old)
+    threads = run_threads(sets)
     args = [sys.executable, "-m", "pipeline.cli", "--quiet", "run", "--target", "mobile", "--config", str(cfg),
-            "--out", str(out), "--force", "--preset", preset, "--seed", str(seed), "--threads", "1",
+            "--out", str(out), "--force", "--preset", preset, "--seed", str(seed), "--threads", str(threads),
             "--device", "cpu", "--replay", replay, "--set", f'distill.synthesizer="{synthesizer}"']
     if budget:
         args += ["--time-budget", str(budget)]
     for s in sets:
         args += ["--set", s]
     t0 = time.perf_counter()
-    r = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS=str(run_threads(sets))))
+    r = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS=str(threads)))
     wall = time.perf_counter() - t0
     if r.returncode != 0:
         return {"error": (r.stderr.strip().splitlines() or ["failed"])[-1], "wall_s": wall}
