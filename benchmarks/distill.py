@@ -37,6 +37,7 @@ sys.path.insert(0, str(HERE))
 
 import results  # noqa: E402
 import zoo  # noqa: E402
+from pipeline.cli import parse_set  # noqa: E402
 
 WORK = HERE / ".cache" / "distill-runs"
 
@@ -106,9 +107,9 @@ def run_name(synthesizer: str, replay: str, seed: int, sets: list[str], budget: 
 
 
 def run_threads(sets: list[str]) -> int:
-    """The runs' torch threads: one, as every target here is stated, unless `--set threads=N` says otherwise."""
-    given = [s.split("=", 1)[1] for s in sets if s.replace(" ", "").startswith("threads=")]
-    return int(given[-1]) if given else 1
+    """The runs' torch threads: one, as every target here is stated, unless `--set threads=N` says otherwise
+    (read as `pipeline run` reads its --set items)."""
+    return int(parse_set(tuple(sets)).get("threads", 1))
 
 
 def run_one(cfg: Path, out: Path, preset: str, seed: int, synthesizer: str, replay: str, sets: list[str],
