@@ -37,7 +37,9 @@ sys.path.insert(0, str(HERE))
 
 import results  # noqa: E402
 import zoo  # noqa: E402
+from core import workdir  # noqa: E402
 from pipeline.cli import parse_set  # noqa: E402
+from pipeline.config import load_config, to_dict  # noqa: E402
 
 WORK = HERE / ".cache" / "distill-runs"
 
@@ -121,7 +123,7 @@ def run_one(cfg: Path, out: Path, preset: str, seed: int, synthesizer: str, repl
     if reuse and plan["code"] and old and old.get("plan") == plan:
         return old["result"]
     if requantize and old and {**old["plan"], "code": None} == {**plan, "code": None}:
-        return requantize_kept(out, old)
+        return requantize_kept(out, old, later_stages(cfg, preset, sets))
     threads = run_threads(sets)
     args = [sys.executable, "-m", "pipeline.cli", "--quiet", "run", "--target", "mobile", "--config", str(cfg),
             "--out", str(out), "--force", "--preset", preset, "--seed", str(seed), "--threads", str(threads),
@@ -141,8 +143,18 @@ def run_one(cfg: Path, out: Path, preset: str, seed: int, synthesizer: str, repl
     return result
 
 
-def requantize_kept(out: Path, old: dict) -> dict:
-    """Stages 2 and 3 of the current code on a kept run's distilled student (its distillation is not rerun)."""
+def later_stages(cfg: Path, preset: str, sets: list[str]) -> dict:
+    """The `quantize` and `export` settings the current code resolves for this config, preset and --set items."""
+    resolved = to_dict(load_config(cfg, {"preset": preset, **parse_set(tuple(sets))}))
+    return {section: resolved[section] for section in ("quantize", "export")}
+
+
+def requantize_kept(out: Path, old: dict, settings: dict) -> dict:
+    """Stages 2 and 3 of the current code, at its current `settings` for them (a kept run.json holds the ones it
+    was run with), on a kept run's distilled student (its distillation is not rerun)."""
+    run = workdir.read_run(out)
+    run["config"].update(settings)
+    workdir.write_run(out, run)
     t0 = time.perf_counter()
     for stage in (["quantize", str(out), "--target", "mobile"], ["export", str(out), "--target", "mobile"]):
         r = subprocess.run([sys.executable, "-m", "pipeline.cli", "--quiet", *stage], cwd=ROOT, capture_output=True,
