@@ -3,6 +3,7 @@
     python benchmarks/quantize.py [--task digits|mnist|both] [--target jetson|mobile] [--preset default]
                                   [--sources mixed,vae,generator,noise,real] [--mnist PATH]
     python benchmarks/quantize.py --task zoo [--teachers wide_shallow,bn_cnn,...] [--sources ...] [--seeds 0,1]
+                                  [--qat-lr 0.0001,0.01] [--name quantize-zoo]
 
 For each task a student is distilled once (default preset; cached under benchmarks/.cache/, where
 `benchmarks/distill.py` also leaves its `vae` students of the standard scenario), then
@@ -10,7 +11,8 @@ quantized from the same FP32 student with each calibration source: `generator` (
 `mixed` (half VAE, half generator samples), `vae` and `noise`; `real` (the task's training images) is the upper bound, here only.
 Accuracy is on the task's real test split, of the exported INT8 ONNX as onnxruntime runs it.
 Writes benchmarks/results/quantize-<task>.json per task and prints its table. `--task zoo` quantizes, the same
-way, the students `benchmarks/distill.py` kept for the zoo's teachers (`quantize-zoo.json`).
+way, the students `benchmarks/distill.py` kept for the zoo's teachers (`quantize-zoo.json`, or `--name`). With
+`--qat-lr`, each row fine-tunes once per learning rate listed, from the same calibration.
 
     python benchmarks/quantize.py --peers [--max-drop 1.0] [--runs 300] [--modelopt-python PATH]
 
@@ -175,8 +177,8 @@ def source_rows(name: str, args, cfg, teacher, student, generator, memory, shape
         torch.manual_seed(args.seed)
         batches = [sources[source](min(q.qat_batch, q.calibration_samples - i)) for i in range(0, q.calibration_samples, q.qat_batch)]
         accs, times = [], []
-        for steps in (0, q.qat_steps):
-            cfg_q = type(q)(**{**q.__dict__, "qat_steps": steps})
+        for steps, lr in [(0, q.qat_lr)] + [(q.qat_steps, lr) for lr in qat_lrs(args, q)]:
+            cfg_q = type(q)(**{**q.__dict__, "qat_steps": steps, "qat_lr": lr})
             t0 = time.perf_counter()
             res = quantize(student, teacher, batches, qat_batch, cfg_q, get_target(args.target).scheme, source, example,
                            kd_loss=cfg.distill.kd_loss, kd_temperature=cfg.distill.kd_temperature, input_range=pixels)
@@ -184,10 +186,25 @@ def source_rows(name: str, args, cfg, teacher, student, generator, memory, shape
             tidy_qdq(path)
             times.append(time.perf_counter() - t0)
             accs.append(onnx_accuracy(path, x_test, y_test))
-        print(f"{name} {source}: fp32 {fp32:.4f} calib-only {accs[0]:.4f} qat {accs[1]:.4f}", file=sys.stderr)
+        print(f"{name} {source}: fp32 {fp32:.4f} calib-only {accs[0]:.4f} qat {' '.join(f'{a:.4f}' for a in accs[1:])}",
+              file=sys.stderr)
         rows.append([name, source + (" (bound)" if source == "real" else ""), f"{fp32:.4f}", f"{accs[0]:.4f}",
-                     f"{accs[1]:.4f}", f"{100 * (accs[1] - fp32):+.2f}", f"{times[0]:.1f}", f"{times[1]:.1f}"])
+                     *[v for a in accs[1:] for v in (f"{a:.4f}", f"{100 * (a - fp32):+.2f}")],
+                     f"{times[0]:.1f}", f"{times[1]:.1f}"])
     return rows
+
+
+def qat_lrs(args, q) -> list[float]:
+    """The QAT learning rates compared (`--qat-lr`), the preset's own where none are given."""
+    return [float(v) for v in args.qat_lr.split(",")] if args.qat_lr else [q.qat_lr]
+
+
+def result_columns(first: str, args) -> list[str]:
+    """The table's columns: one INT8 accuracy and its gain over FP32 per QAT learning rate compared."""
+    lrs = args.qat_lr.split(",") if args.qat_lr else []
+    per_lr = [c for lr in lrs for c in (f"INT8 after QAT, qat_lr {lr}", f"QAT - FP32 (pt), qat_lr {lr}")]
+    return [first, "calibration", "FP32", "INT8 calib only",
+            *(per_lr or ["INT8 after QAT", "QAT - FP32 (pt)"]), "time calib s", "time QAT s"]
 
 
 def main() -> None:
@@ -199,9 +216,12 @@ def main() -> None:
     ap.add_argument("--preset", default="default")
     ap.add_argument("--sources", default="generator,mixed,vae,noise,real")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--qat-lr", default=None, help="comma list of quantize.qat_lr values to compare (default: the "
+                    "preset's)")
     ap.add_argument("--seeds", default="0", help="--task zoo: the seeds whose kept students to quantize (a "
                     "teacher without a kept student for a seed is skipped and named in the table's notes)")
     ap.add_argument("--mnist", type=Path, default=Path(__file__).resolve().parent.parent.parent / "shared/data/mnist10k.npz")
+    ap.add_argument("--name", default=None, help="--task zoo: results file name (default quantize-zoo)")
     ap.add_argument("--peers", action="store_true", help="compare INT8 peers (benchmarks/peers.py) instead")
     ap.add_argument("--max-drop", type=float, default=1.0, help="--peers: quantize.max_drop of the sensitivity row")
     ap.add_argument("--runs", type=int, default=300, help="--peers: timed inferences per model")
@@ -223,13 +243,11 @@ def main() -> None:
                 for row in source_rows(f"{name} s{seed}", args, *zoo_parts(name, seed), pixels=input_range(name))]
         tab = results.table(
             f"INT8 ({args.target} scheme) of the zoo's distilled students by calibration source: real test-split "
-            "accuracy of the ONNX models in onnxruntime", ["student", "calibration", "FP32", "INT8 calib only",
-                                                           "INT8 after QAT", "QAT - FP32 (pt)", "time calib s",
-                                                           "time QAT s"], rows,
+            "accuracy of the ONNX models in onnxruntime", result_columns("student", args), rows,
             notes="Each student is the one benchmarks/distill.py kept for the teacher and seed; QAT batches are "
                   "`mixed` in every row." + (f" No kept student: {', '.join(missing)}." if missing else ""))
-        settings = {"target": args.target, "seeds": args.seeds, "teachers": args.teachers}
-        results.show(results.write("quantize-zoo", [tab], results.command_line(__file__), settings))
+        settings = {"target": args.target, "seeds": args.seeds, "teachers": args.teachers, "qat_lr": args.qat_lr}
+        results.show(results.write(args.name or "quantize-zoo", [tab], results.command_line(__file__), settings))
         return
     tasks = ["digits", "mnist"] if args.task == "both" else [args.task]
     settings = {"target": args.target, "preset": args.preset, "seed": args.seed}
@@ -238,8 +256,7 @@ def main() -> None:
         tab = results.table(
             f"INT8 ({args.target} scheme) from synthetic calibration, {name}: real test-split accuracy of the ONNX "
             "models in onnxruntime",
-            ["task", "calibration", "FP32", "INT8 calib only", "INT8 after QAT", "QAT - FP32 (pt)", "time calib s",
-             "time QAT s"], source_rows(name, args, *parts, pixels=input_range(name)),
+            result_columns("task", args), source_rows(name, args, *parts, pixels=input_range(name)),
             notes="The FP32 student is the seed's distilled student of the preset; `real` (the task's training "
                   "images) is the upper bound, which the pipeline never has.")
         results.show(results.write(f"quantize-{name}", [tab], results.command_line(__file__), settings))

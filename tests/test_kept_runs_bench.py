@@ -45,3 +45,26 @@ def test_runs_use_one_thread_unless_a_set_asks_for_more():
     assert distill_bench.run_threads(["distill.w_adv=0.3"]) == 1
     assert distill_bench.run_threads(["threads=2"]) == 2
     assert distill_bench.run_threads(["threads=2", "distill.kd_steps=3", "threads = 4"]) == 4
+
+
+def test_requantizing_takes_the_current_later_stage_settings_of_the_config_preset_and_sets(tmp_path):
+    cfg = tmp_path / "teacher.toml"
+    cfg.write_text('[teacher]\nbuiltin = "digits"\n[quantize]\nqat_steps = 30\n')
+    default = distill_bench.later_stages(cfg, "default", [])
+    assert set(default) == {"quantize", "export"}
+    assert default["quantize"]["qat_steps"] == 30  # the file's value over the preset's
+    smoke = distill_bench.later_stages(cfg, "smoke", ["quantize.qat_lr=0.02", "distill.iterations=9"])
+    assert smoke["quantize"]["qat_lr"] == 0.02 and smoke["quantize"]["calibration_samples"] == 64
+    assert smoke["quantize"]["qat_steps"] == 30
+
+
+def test_each_qat_learning_rate_compared_gets_its_columns():
+    class Args:
+        qat_lr = None
+
+    assert quantize_bench.result_columns("student", Args)[4:6] == ["INT8 after QAT", "QAT - FP32 (pt)"]
+    Args.qat_lr = "0.0001,0.01"
+    columns = quantize_bench.result_columns("student", Args)
+    assert columns[4:8] == ["INT8 after QAT, qat_lr 0.0001", "QAT - FP32 (pt), qat_lr 0.0001",
+                            "INT8 after QAT, qat_lr 0.01", "QAT - FP32 (pt), qat_lr 0.01"]
+    assert quantize_bench.qat_lrs(Args, None) == [0.0001, 0.01]
