@@ -250,7 +250,7 @@ def main() -> None:
         results.show(results.write(args.name or "quantize-zoo", [tab], results.command_line(__file__), settings))
         return
     tasks = ["digits", "mnist"] if args.task == "both" else [args.task]
-    settings = {"target": args.target, "preset": args.preset, "seed": args.seed}
+    settings = {"target": args.target, "preset": args.preset, "seed": args.seed, "qat_lr": args.qat_lr}
     for name in tasks:
         parts = distilled(name, args.preset, args.seed, args.mnist)
         tab = results.table(
