@@ -226,3 +226,79 @@ def test_calibration_leaves_the_float_biases_as_they_are(models):
 
     assert shifted(False) == []
     assert shifted(True)  # NNCF's own default moves them: what stage 2 leaves out
+
+
+class PerSampleNorms(nn.Module):
+    """Convolutions normalised by GroupNorm, one of them depthwise, and a head normalised by LayerNorm, as many
+    current models are."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.GroupNorm(2, 8), nn.SiLU(),
+                                      nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.GroupNorm(2, 8), nn.SiLU(),
+                                      nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.GroupNorm(4, 16), nn.ReLU(),
+                                      nn.Flatten())
+        self.head = nn.Sequential(nn.Linear(256, 32), nn.LayerNorm(32), nn.ReLU(), nn.Linear(32, 10))
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+@pytest.mark.parametrize("scheme, target", [("tensorrt", "jetson"), ("onnxruntime", "mobile")])
+def test_a_model_with_groupnorm_layernorm_and_a_depthwise_conv_runs_in_int8_with_its_norms_in_float(tmp_path, scheme, target):
+    torch.manual_seed(5)
+    model = PerSampleNorms().eval()
+    with torch.no_grad():  # scale vectors away from their all-ones start, so a lost one would show
+        for m in model.modules():
+            if isinstance(m, (nn.GroupNorm, nn.LayerNorm)):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    calib = [torch.randn(32, 1, 8, 8, generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    res = quantize(model, model, calib, lambda: calib[0], QuantizeConfig(qat_steps=5, qat_batch=32), scheme, "noise",
+                   torch.randn(1, 1, 8, 8))
+    path = export_onnx(res.model, tmp_path / "q.onnx", torch.randn(1, 1, 8, 8))
+    tidy_qdq(path)
+    graph = onnx.load(str(path)).graph
+    # Every convolution and linear layer reads INT8 weights; the norms' scale vectors stay float
+    weighted = [n for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+    produced_by = {o: n for n in graph.node for o in n.output}
+    assert len(weighted) == 5
+    consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    consts.update({n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in graph.node if n.op_type == "Constant"})
+    activation_scales = [consts[n.input[1]] for n in graph.node if n.op_type == "QuantizeLinear"]
+    assert activation_scales and all(s.size == 1 for s in activation_scales)  # per tensor, the depthwise input too
+    assert all(produced_by.get(n.input[1]) is not None and produced_by[n.input[1]].op_type == "DequantizeLinear"
+               for n in weighted)
+    x = torch.randn(512, 1, 8, 8, generator=torch.Generator().manual_seed(7))
+    int8 = ort.InferenceSession(str(path)).run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        fp32 = model(x).numpy()
+    assert (int8.argmax(1) == fp32.argmax(1)).mean() >= 0.9
+    findings = check_model(path, target)
+    if scheme == "tensorrt":
+        assert findings == []
+    else:  # every convolution fuses into an integer kernel; only the normalisations themselves run in float
+        assert {(f.rule, f.op_type) for f in findings} == {("runs-in-float", "InstanceNormalization"),
+                                                           ("runs-in-float", "LayerNormalization")}, findings
+
+
+class ChannelsFirstLayerNorm(nn.LayerNorm):
+    """LayerNorm over the channels of an NCHW map, as ConvNeXt-style models subclass it."""
+
+    def forward(self, x):
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+def test_a_norm_subclass_with_its_own_axes_is_left_whole_and_kept_in_float():
+    torch.manual_seed(6)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), ChannelsFirstLayerNorm(8), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(512, 10)).eval()
+    with torch.no_grad():
+        model[1].weight.uniform_(0.5, 1.5)
+    folded = fold_batchnorm(model)
+    assert any(isinstance(m, ChannelsFirstLayerNorm) and m.weight is not None for m in folded.modules())
+    x = torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(8))
+    torch.testing.assert_close(folded(x), model(x))
+    qmodel = calibrate(folded, [x[:32], x[32:]], QuantizeConfig(), "onnxruntime")
+    with torch.no_grad():
+        assert (qmodel(x).argmax(1) == model(x).argmax(1)).float().mean() >= 0.9

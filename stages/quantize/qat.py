@@ -70,7 +70,8 @@ class _Wrapped(nn.Module):
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
-    """Fold every BatchNorm that directly follows a Conv or Linear into it (eval mode, on a copy).
+    """Fold every BatchNorm that directly follows a Conv or Linear into it (eval mode, on a copy), and split the
+    scale and shift off every GroupNorm and LayerNorm (split_norm_affines).
 
     Unfolded, onnxruntime runs float Conv + BatchNormalization around the Q/DQ pairs and INT8
     ends up slower than FP32. The pairs are found by tracing (torch.fx) but replaced inside the
@@ -88,12 +89,53 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
         fused = fuse_linear_bn_eval(first, bn) if isinstance(first, nn.Linear) else fuse_conv_bn_eval(first, bn)
         _set_submodule(model, first_name, fused)
         _set_submodule(model, bn_name, nn.Identity())
+    split_norm_affines(model)
     if isinstance(model, nn.Sequential):
         model = _Wrapped(model)
     return model.eval()
 
 
 _FOLDABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+class NormThenAffine(nn.Module):
+    """A GroupNorm or LayerNorm computed as its normalisation alone, then its scale and shift as a multiply and an
+    add: the same function. NNCF takes the scale vector of a GroupNorm or LayerNorm for a weight to quantize and,
+    per channel, fails on it ("shape '[C]' is invalid for input of size 1"); split off, the vectors stay float, as
+    ONNX Runtime and TensorRT run normalisations, and the convolution before the norm still ends in a quantizer
+    (an integer kernel on ONNX Runtime)."""
+
+    def __init__(self, norm: nn.GroupNorm | nn.LayerNorm):
+        super().__init__()
+        self.norm = copy.deepcopy(norm)
+        self.weight, self.bias = self.norm.weight, self.norm.bias
+        self.norm.weight, self.norm.bias = None, None  # plain attributes now: the parameters live here
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm(x)
+        if isinstance(self.norm, nn.GroupNorm):  # per channel, the channels on axis 1
+            shape = (1, -1) + (1,) * (x.dim() - 2)
+            return x * self.weight.view(shape) + (0 if self.bias is None else self.bias.view(shape))
+        return x * self.weight + (0 if self.bias is None else self.bias)  # over the trailing normalised_shape
+
+
+def split_norm_affines(model: nn.Module) -> nn.Module:
+    """Replace (in place) every plain nn.GroupNorm and nn.LayerNorm with a scale and shift by NormThenAffine. A
+    subclass may normalise along other axes in its own forward and is left as it is (see _unsplit_norms)."""
+    for name, child in model.named_children():
+        if type(child) in (nn.GroupNorm, nn.LayerNorm) and child.weight is not None:
+            setattr(model, name, NormThenAffine(child))
+        else:
+            split_norm_affines(child)
+    return model
+
+
+def _unsplit_norms(model: nn.Module) -> list[str]:
+    """NNCF operator types to leave in float: GroupNorm and LayerNorm where some module of those kinds still holds
+    its scale vector (a subclass split_norm_affines left), which NNCF could not quantize."""
+    left = any(isinstance(m, (nn.GroupNorm, nn.LayerNorm)) and getattr(m, "weight", None) is not None
+               for m in model.modules())
+    return ["group_norm", "layer_norm"] if left else []
 
 
 def _conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
@@ -154,7 +196,10 @@ class QuantizeResult:
 def _advanced_parameters(bias_correction: bool):
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, QuantizationParameters
 
+    # Activations per tensor: NNCF's CPU rules would quantize a depthwise convolution's input per channel, which
+    # ONNX Runtime's integer convolution refuses at run time and TensorRT does not take.
     return AdvancedQuantizationParameters(weights_quantization_params=QuantizationParameters(per_channel=True),
+                                          activations_quantization_params=QuantizationParameters(per_channel=False),
                                           disable_bias_correction=not bias_correction)
 
 
@@ -252,7 +297,8 @@ def calibrate(folded: nn.Module, calibration_batches: list[torch.Tensor], cfg: Q
             qmodel = nncf.quantize(copy.deepcopy(folded), nncf.Dataset(calibration_batches),
                                    preset=nncf.QuantizationPreset.PERFORMANCE, subset_size=n_calib,
                                    advanced_parameters=_advanced_parameters(bias_correction),
-                                   ignored_scope=nncf.IgnoredScope(names=ignored or []))
+                                   ignored_scope=nncf.IgnoredScope(names=ignored or [], types=_unsplit_norms(folded),
+                                                                   validate=False))
         except Exception as exc:
             raise RunError(f"quantize: NNCF could not quantize the student: {str(exc).splitlines()[0][:200]}") from exc
     if scheme == "tensorrt":
