@@ -107,9 +107,9 @@ class NormThenAffine(nn.Module):
 
     def __init__(self, norm: nn.GroupNorm | nn.LayerNorm):
         super().__init__()
-        self.norm = copy.deepcopy(norm)
-        self.weight, self.bias = self.norm.weight, self.norm.bias
-        self.norm.weight, self.norm.bias = None, None  # plain attributes now: the parameters live here
+        self.norm = norm  # taken over: it lives on in here only (split_norm_affines works on fold_batchnorm's copy)
+        self.weight, self.bias = norm.weight, norm.bias
+        norm.weight, norm.bias = None, None  # the parameters live here now
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.norm(x)
