@@ -614,6 +614,22 @@ def has_batchnorm(model: nn.Module) -> bool:
     return bool(batchnorm_statistics(model))
 
 
+def batch_statistics_norms(model: nn.Module) -> list[str]:
+    """BatchNorm layers that keep no running statistics (track_running_stats=False): they normalise by the
+    statistics of whatever batch they are given, in eval mode too, so a deployed model's answer for an input
+    would depend on the other inputs of its batch. Neither ONNX nor an INT8 graph can express that."""
+    return [name for name, m in model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.track_running_stats]
+
+
+def refuse_batch_statistics(model: nn.Module, what: str) -> None:
+    names = batch_statistics_norms(model)
+    if names:
+        raise UsageError(f"{what} has BatchNorm layers without running statistics ({', '.join(names[:3])}"
+                         f"{', ...' if len(names) > 3 else ''}): they normalise each batch by its own statistics even "
+                         "at inference, which cannot be exported; train it with track_running_stats=True")
+
+
 class _OpNames(TorchDispatchMode):
     """Records the name of every aten operator a forward pass dispatches."""
 

@@ -110,3 +110,39 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], r.stderr
+
+
+
+BATCH_STATISTICS_MODEL = """from torch import nn
+
+def build(running_statistics=False):
+    return nn.Sequential(nn.Linear(16, 32), nn.BatchNorm1d(32, track_running_stats=running_statistics), nn.ReLU(),
+                         nn.Linear(32, 10))
+
+def plain():
+    return build(True)
+"""
+
+
+@pytest.mark.parametrize("command", ["quantize", "run"])
+def test_batchnorm_without_running_statistics_is_refused_before_any_work(tmp_path, command):
+    """Such a layer normalises each batch by its own statistics at inference too: no ONNX graph holds it, so the
+    model (quantized as itself) or a factory student with it is refused at once, not after the training."""
+    (tmp_path / "models.py").write_text(BATCH_STATISTICS_MODEL)
+    namespace: dict = {}
+    exec(BATCH_STATISTICS_MODEL, namespace)
+    save_file(namespace["build"]().state_dict(), str(tmp_path / "model.safetensors"))
+    save_file(namespace["plain"]().state_dict(), str(tmp_path / "plain.safetensors"))
+    shape = "input_shape = [16]\nnum_classes = 10\n"
+    if command == "quantize":  # the model itself has the layer
+        toml = f'[teacher]\nfactory = "models.py:build"\nweights = "model.safetensors"\n{shape}'
+    else:  # a teacher that can be distilled, into a factory student that has it
+        toml = f'[teacher]\nfactory = "models.py:plain"\nweights = "plain.safetensors"\n{shape}[student]\narch = "models.py:build"\n'
+    (tmp_path / "model.toml").write_text(toml)
+    out = tmp_path / "out"
+    target = ["--target", "mobile"] if command == "run" else []
+    r = run_cli(command, "--config", str(tmp_path / "model.toml"), "--preset", "smoke", "--out", str(out), *target)
+    assert r.returncode == 2, r.stderr[-2000:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "BatchNorm layers without running statistics (1)" in lines[0], r.stderr
+    assert not (out / "run.json").exists()

@@ -302,3 +302,35 @@ def test_a_norm_subclass_with_its_own_axes_is_left_whole_and_kept_in_float():
     qmodel = calibrate(folded, [x[:32], x[32:]], QuantizeConfig(), "onnxruntime")
     with torch.no_grad():
         assert (qmodel(x).argmax(1) == model(x).argmax(1)).float().mean() >= 0.9
+
+
+class TinyTransformer(nn.Module):
+    """Patches through a transformer encoder layer, whose forward reads its norms' eps itself."""
+
+    def __init__(self):
+        super().__init__()
+        self.patch = nn.Conv2d(1, 16, 4, stride=4)
+        self.encoder = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.head(self.encoder(self.patch(x).flatten(2).transpose(1, 2)).mean(1))
+
+
+def test_a_transformer_encoder_layer_runs_in_int8(tmp_path):
+    torch.manual_seed(9)
+    model = TinyTransformer().eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.LayerNorm):
+                m.weight.uniform_(0.5, 1.5)
+    folded = fold_batchnorm(model)
+    x = torch.randn(256, 1, 8, 8, generator=torch.Generator().manual_seed(10))
+    assert folded.encoder.norm1.eps == model.encoder.norm1.eps  # the split norms answer for the originals
+    torch.testing.assert_close(folded(x), model(x))
+    res = quantize(model, model, [x[:128], x[128:]], lambda: x[:64], QuantizeConfig(qat_steps=3, qat_batch=64),
+                   "onnxruntime", "noise", x[:1])
+    path = export_onnx(res.model, tmp_path / "q.onnx", x[:1])
+    int8 = ort.InferenceSession(str(path)).run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        assert (int8.argmax(1) == model(x).numpy().argmax(1)).mean() >= 0.9

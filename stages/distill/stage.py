@@ -20,7 +20,7 @@ from core.evaluation import check_compatible, evaluator
 from core.fileio import write_json
 from core.settings import resolve_path
 from core.teacher import (TaskSpec, build_from_factory, computes_convolution, has_batchnorm, load_teacher,
-                          load_weights, teacher_architecture)
+                          load_weights, refuse_batch_statistics, teacher_architecture)
 from core.ui import Console
 from core.world import World, world_from_env
 from stages.distill import parallel
@@ -36,6 +36,7 @@ def student_for(cfg, teacher: nn.Module, spec: TaskSpec) -> tuple[nn.Module, dic
                          convolutional=computes_convolution(teacher, spec.input_shape))
         return build_student(s), s
     model = build_from_factory(cfg.student.arch, cfg.config_dir, what="student factory")
+    refuse_batch_statistics(model, f"student factory {cfg.student.arch}")  # before distillation, not after it
     if cfg.student.weights:
         load_weights(model, resolve_path(cfg, cfg.student.weights), what="student")
     return model, {"family": "factory", "factory": cfg.student.arch, "config_dir": cfg.config_dir}

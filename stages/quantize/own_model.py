@@ -16,7 +16,7 @@ from core import workdir as wd
 from core.device import set_up
 from core.evaluation import check_compatible
 from core.fileio import write_json
-from core.teacher import has_batchnorm, load_teacher
+from core.teacher import has_batchnorm, load_teacher, refuse_batch_statistics
 from core.ui import Console
 from stages.distill.stage import task_dict
 from stages.quantize.samples import train_generator
@@ -28,6 +28,7 @@ def prepare_own_model(cfg, out: Path, console: Console) -> dict:
     device = set_up(cfg)
     model, spec = load_teacher(cfg)
     check_compatible(cfg.eval, spec.input_shape, spec.num_classes, spec)
+    refuse_batch_statistics(model, spec.source)
     if not has_batchnorm(model):
         console.warn("the model has no BatchNorm layers with running statistics: its synthetic samples follow its "
                      "class balance and confidence alone")

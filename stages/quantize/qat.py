@@ -111,6 +111,16 @@ class NormThenAffine(nn.Module):
         self.weight, self.bias = norm.weight, norm.bias
         norm.weight, norm.bias = None, None  # the parameters live here now
 
+    def __getattr__(self, name: str):
+        # The norm's other attributes (eps, normalized_shape, num_groups...) read through: a parent module may
+        # consult them, as nn.TransformerEncoderLayer does its norms' eps in every forward.
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name in ("weight", "bias"):  # this module's own, never the taken-over norm's (None there)
+                raise
+            return getattr(super().__getattr__("norm"), name)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.norm(x)
         if isinstance(self.norm, nn.GroupNorm):  # per channel, the channels on axis 1
@@ -300,7 +310,7 @@ def calibrate(folded: nn.Module, calibration_batches: list[torch.Tensor], cfg: Q
                                    ignored_scope=nncf.IgnoredScope(names=ignored or [], types=_unsplit_norms(folded),
                                                                    validate=False))
         except Exception as exc:
-            raise RunError(f"quantize: NNCF could not quantize the student: {str(exc).splitlines()[0][:200]}") from exc
+            raise RunError(f"quantize: NNCF could not quantize the model: {str(exc).splitlines()[0][:200]}") from exc
     if scheme == "tensorrt":
         force_signed(qmodel)
     if input_range is not None:
@@ -389,9 +399,13 @@ def export_onnx(model: nn.Module, path: Path, example_input: torch.Tensor, opset
     model = model.eval().cpu()
     with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, example_input.cpu(), str(tmp), dynamo=False, opset_version=opset,
-                          input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, do_constant_folding=True)
+        try:
+            torch.onnx.export(model, example_input.cpu(), str(tmp), dynamo=False, opset_version=opset,
+                              input_names=["input"], output_names=["logits"],
+                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, do_constant_folding=True)
+        except Exception as exc:  # an operator the exporter has no ONNX form for, at this opset or any
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise RunError(f"export: the model could not be written as ONNX (opset {opset}): {first}") from exc
     return Path(path)
 
 
