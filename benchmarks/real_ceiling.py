@@ -135,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shifts", default="0,2", help="comma-separated maximal shifts in pixels; 0: none")
     ap.add_argument("--mnist", type=Path, default=ROOT.parent / "shared" / "data" / "mnist10k.npz")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--name", default=None, help="results file name under benchmarks/results/ (default: real-ceiling-<task>)")
     args = ap.parse_args(argv)
     if args.steps < 1:
         raise SystemExit("--steps must be >= 1")
@@ -173,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = {"steps": args.steps, "batch": cfg.distill.batch_size, "threads": args.threads}
     if args.task == "zoo":
         settings["teachers"] = tasks
-    results.show(results.write(f"real-ceiling-{args.task}", tables, results.command_line(__file__, argv), settings))
+    results.show(results.write(args.name or f"real-ceiling-{args.task}", tables, results.command_line(__file__, argv), settings))
     return 0
 
 

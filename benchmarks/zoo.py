@@ -191,6 +191,66 @@ def digits_cnn(num_classes: int = 10) -> nn.Module:
     )
 
 
+def instance_norm_cnn(num_classes: int = 10) -> nn.Module:
+    """A CNN normalised by InstanceNorm (each channel of each input by itself, as style and small-batch models
+    do), PReLU, dropout and global max pooling."""
+    return nn.Sequential(
+        nn.Conv2d(1, 32, 3, padding=1), nn.InstanceNorm2d(32, affine=True), nn.PReLU(32),
+        nn.Conv2d(32, 64, 3, padding=1), nn.InstanceNorm2d(64, affine=True), nn.PReLU(64), nn.Dropout2d(0.1),
+        nn.MaxPool2d(2), nn.Conv2d(64, 64, 3, padding=1), nn.InstanceNorm2d(64, affine=True), nn.PReLU(64),
+        nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Dropout(0.2), nn.Linear(64, num_classes),
+    )
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2's block: a 1x1 expansion, a depthwise 3x3, a linear 1x1 projection, and the skip."""
+
+    def __init__(self, c: int, expand: int, act: type[nn.Module]):
+        super().__init__()
+        e = c * expand
+        self.block = nn.Sequential(nn.Conv2d(c, e, 1, bias=False), nn.BatchNorm2d(e), act(),
+                                   nn.Conv2d(e, e, 3, padding=1, groups=e, bias=False), nn.BatchNorm2d(e), act(),
+                                   nn.Conv2d(e, c, 1, bias=False), nn.BatchNorm2d(c))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.block(x)
+
+
+class MobileStyle(nn.Module):
+    """A small mobile network: a hard-swish stem, inverted residual blocks (ReLU6, then SiLU), a 1x1 head conv and
+    global average pooling."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 24, 3, padding=1, bias=False), nn.BatchNorm2d(24), nn.Hardswish())
+        self.blocks = nn.Sequential(InvertedResidual(24, 4, nn.ReLU6), InvertedResidual(24, 4, nn.ReLU6),
+                                    InvertedResidual(24, 4, nn.SiLU))
+        self.head = nn.Sequential(nn.Conv2d(24, 96, 1, bias=False), nn.BatchNorm2d(96), nn.Hardswish(),
+                                  nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(96, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.stem(x)))
+
+
+class TinyViT(nn.Module):
+    """A vision transformer: 2x2 patches, learned positions, two pre-norm encoder layers (LayerNorm, GELU,
+    dropout), mean-pooled tokens and a LayerNorm before the head."""
+
+    def __init__(self, num_classes: int = 10, dim: int = 48, tokens: int = 16):
+        super().__init__()
+        self.patch = nn.Conv2d(1, dim, 2, stride=2)
+        self.position = nn.Parameter(torch.zeros(1, tokens, dim))
+        layer = nn.TransformerEncoderLayer(dim, 4, 2 * dim, dropout=0.1, activation="gelu", batch_first=True,
+                                           norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.patch(x).flatten(2).transpose(1, 2) + self.position
+        return self.head(self.norm(self.encoder(tokens)).mean(1))
+
+
 # ---- data -------------------------------------------------------------------------------------------
 
 def _split(images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -345,6 +405,9 @@ ZOO: dict[str, Entry] = {e.name: e for e in [
     Entry("digits_cnn", digits_cnn, **DIGITS, recipe=Recipe("adam", 2e-3, epochs=30, batch=32)),
     Entry("digits_mlp_bn", lambda: mlp((1, 8, 8), widths=(128, 64), batchnorm=True), **DIGITS,
           recipe=Recipe("adam", 2e-3, epochs=40, batch=32)),
+    Entry("digits_instnorm", instance_norm_cnn, **DIGITS, recipe=Recipe("adam", 2e-3, epochs=30, batch=32)),
+    Entry("digits_mobile", MobileStyle, **DIGITS, recipe=Recipe("adam", 2e-3, epochs=30, batch=32)),
+    Entry("digits_vit", TinyViT, **DIGITS, recipe=Recipe("adam", 1e-3, epochs=60, batch=32)),
 ]}
 
 
