@@ -112,7 +112,6 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], r.stderr
 
 
-
 BATCH_STATISTICS_MODEL = """from torch import nn
 
 def build(running_statistics=False):
