@@ -222,7 +222,7 @@ class MobileStyle(nn.Module):
 
     def __init__(self, num_classes: int = 10):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(1, 24, 3, padding=1, bias=False), nn.BatchNorm2d(24), nn.Hardswish())
+        self.stem = nn.Sequential(*conv_bn_act(1, 24, activation=nn.Hardswish))
         self.blocks = nn.Sequential(InvertedResidual(24, 4, nn.ReLU6), InvertedResidual(24, 4, nn.ReLU6),
                                     InvertedResidual(24, 4, nn.SiLU))
         self.head = nn.Sequential(nn.Conv2d(24, 96, 1, bias=False), nn.BatchNorm2d(96), nn.Hardswish(),
